@@ -1,0 +1,112 @@
+"""Configuration: one immutable Settings object, built from defaults, environment and CLI flags.
+
+Every setting has a ``CLEARINGHOUSE_*`` environment variable; CLI flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CLEARINGHOUSE_"
+
+# The RSNA Image Share network's assigning authority for RSNA-IDs (see docs/rsna-id.md).
+DEFAULT_AFFINITY_DOMAIN_OID = "1.3.6.1.4.1.19376.3.840.1.1.1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("clearinghouse-data")
+    bind: str = "127.0.0.1"
+    https_port: int = 8443
+    feed_port: int = 8890
+    database_url: str = ""  # empty: SQLite file in home
+    store_path: str = ""  # empty: home/documents
+    # Registry the repository registers with (ITI-42). Empty: the in-process registry.
+    registry_url: str = ""
+    repository_unique_id: str = "1.3.6.1.4.1.21367.2026.1.1"
+    home_community_id: str = "urn:oid:1.3.6.1.4.1.21367.2026.1"
+    affinity_domain_oid: str = DEFAULT_AFFINITY_DOMAIN_OID
+    rsna_id_algorithm: str = "rsna-sha256-v1"
+    # Paths of this server's TLS identity; empty: the development PKI under home/pki.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # Client identity used when the repository calls a remote registry.
+    client_cert: str = ""
+    client_key: str = ""
+    # Limits on hostile input.
+    max_envelope_bytes: int = 16 * 1024 * 1024
+    max_inline_document_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024 * 1024
+    max_xml_depth: int = 64
+    max_hl7_message_bytes: int = 1024 * 1024
+    query_max_results: int = 1000
+    http_threads: int = 16
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.home / "pki"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'clearinghouse.db').resolve()}"
+
+    @property
+    def effective_store_path(self) -> Path:
+        return Path(self.store_path) if self.store_path else self.home / "documents"
+
+    @property
+    def server_cert_path(self) -> Path:
+        return Path(self.tls_cert) if self.tls_cert else self.pki_dir / "server.cert.pem"
+
+    @property
+    def server_key_path(self) -> Path:
+        return Path(self.tls_key) if self.tls_key else self.pki_dir / "server.key.pem"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return Path(self.tls_ca) if self.tls_ca else self.pki_dir / "ca.cert.pem"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.pki_dir / "ca.key.pem"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(kind: Any, raw: str) -> Any:
+    if kind in (int, "int"):
+        return int(raw)
+    if kind in (Path, "Path"):
+        return Path(raw)
+    return raw
+
+
+def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults, then ``CLEARINGHOUSE_*`` variables, then explicit overrides (CLI flags; None = unset)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name == "extra":
+            continue
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            try:
+                values[f.name] = _coerce(f.type, raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = Path(value) if key == "home" else value
+    return Settings(**values)
