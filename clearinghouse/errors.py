@@ -110,6 +110,10 @@ class XDSTooManyResults(XdsError):
     code = "XDSTooManyResults"
 
 
+class XDSRegistryNotAvailable(XdsError):
+    code = "XDSRegistryNotAvailable"
+
+
 class XDSRegistryBusy(XdsError):
     code = "XDSRegistryBusy"
 

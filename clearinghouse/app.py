@@ -1,0 +1,102 @@
+"""Composition of the clearinghouse: the actors, their endpoints and listeners, wired by configuration.
+
+This is the only place that knows every actor; actors talk to each other through the same
+interfaces a remote peer would (the repository registers through ITI-42 messages).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from clearinghouse import db, pki
+from clearinghouse.config import Settings
+from clearinghouse.https import HttpsServer
+from clearinghouse.mllp import MllpServer
+from clearinghouse.peer import INTERNAL_REPOSITORY
+from clearinghouse.soap.client import HttpsTransport, SoapClient, WsgiTransport
+from clearinghouse.tls import ServerTLS, TrustPolicy, client_context
+from registry.feed import PatientIdentityFeed
+from registry.service import registry_endpoint
+from repository.service import RegistryClient, repository_endpoint
+from repository.store import FilesystemStore
+
+log = logging.getLogger("clearinghouse")
+
+
+class Router:
+    """Dispatches WSGI requests by path prefix; unknown paths get 404."""
+
+    def __init__(self, routes: dict[str, Callable[..., Iterable[bytes]]]) -> None:
+        self.routes = routes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        app = self.routes.get(path.rstrip("/") or "/")
+        if app is None:
+            body = b"not found; endpoints: " + ", ".join(sorted(self.routes)).encode() + b"\n"
+            start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+
+def prepare_home(settings: Settings) -> None:
+    """Create the data directory and, unless production certificates are configured, the development PKI."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.tls_cert:
+        pki.ensure_development_pki(settings.pki_dir)
+
+
+@dataclass
+class Clearinghouse:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    https: HttpsServer
+    feed: MllpServer
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.https.start()
+        self.feed.start()
+        host = self.settings.bind if ":" not in self.settings.bind else f"[{self.settings.bind}]"
+        self.endpoints = {
+            "ITI-41/ITI-43 repository": f"https://{host}:{self.https.port}/xds/repository",
+            "ITI-42/ITI-18 registry": f"https://{host}:{self.https.port}/xds/registry",
+            "ITI-8 patient identity feed (MLLP/TLS)": f"mllp+tls://{host}:{self.feed.port}",
+        }
+
+    def stop(self) -> None:
+        self.https.stop()
+        self.feed.stop()
+        self.engine.dispose()
+
+
+def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = True) -> Clearinghouse:
+    prepare_home(settings)
+    engine = engine or db.make_engine(settings.effective_database_url)
+    if upgrade:
+        db.upgrade(engine)
+    sessions = db.session_factory(engine)
+    tls = ServerTLS(settings.server_cert_path, settings.server_key_path, settings.ca_cert_path, TrustPolicy(sessions))
+    store = FilesystemStore(settings.effective_store_path)
+    registry = registry_endpoint(settings, sessions)
+    if settings.registry_url:
+        transport: Any = HttpsTransport(
+            settings.registry_url, client_context(settings.ca_cert_path, settings.client_cert, settings.client_key)
+        )
+    else:
+        transport = WsgiTransport(registry, INTERNAL_REPOSITORY)
+    repository = repository_endpoint(settings, sessions, store, RegistryClient(SoapClient(transport, settings.spool_dir)))
+    app = Router({"/xds/registry": registry, "/xds/repository": repository})
+    https = HttpsServer(settings.bind, settings.https_port, app, tls, threads=settings.http_threads)
+    feed_handler = PatientIdentityFeed(sessions, settings)
+    feed = MllpServer(settings.bind, settings.feed_port, tls, feed_handler.handle,
+                      max_message_bytes=settings.max_hl7_message_bytes, name="feed")
+    return Clearinghouse(settings, engine, sessions, https, feed)

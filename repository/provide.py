@@ -1,0 +1,257 @@
+"""ITI-41 Provide and Register Document Set-b (ITI TF-2b 3.41.4.1.3).
+
+The repository stores each document, fills in size, hash and repositoryUniqueId, and registers
+the metadata with the registry through ITI-42. A submission that fails at any step leaves
+nothing behind: stored files and rows are removed before the error is answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from clearinghouse.config import Settings
+from clearinghouse.db import transaction
+from clearinghouse.errors import (
+    RegistryErrorItem,
+    XDSMissingDocument,
+    XDSMissingDocumentMetadata,
+    XDSNonIdenticalHash,
+    XDSRepositoryDuplicateUniqueIdInMessage,
+    XDSRepositoryError,
+    XDSRepositoryMetadataError,
+    XdsError,
+)
+from clearinghouse.soap.mtom import MtomMessage, is_xop_include
+from clearinghouse.xmlsafe import NS, qname
+from repository.models import StoredDocument
+from repository.store import DocumentStore
+
+log = logging.getLogger("repository.provide")
+
+DOCUMENT_ENTRY_UNIQUE_ID = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
+DOCUMENT_ENTRY_TYPES = {
+    "urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1",  # stable
+}
+
+# Registers the (completed) SubmitObjectsRequest with the registry and returns its RegistryResponse.
+RegisterFn = Callable[[etree._Element], etree._Element]
+
+
+@dataclass
+class IncomingDocument:
+    entry_id: str
+    unique_id: str
+    mime_type: str
+    path: Path
+    size: int
+    sha1: str
+    extrinsic: etree._Element
+
+
+def _slot_values(obj: etree._Element, name: str) -> list[str]:
+    return [v.text or "" for v in obj.findall(f"rim:Slot[@name='{name}']/rim:ValueList/rim:Value", NS)]
+
+
+def _set_slot(obj: etree._Element, name: str, value: str) -> None:
+    for old in obj.findall(f"rim:Slot[@name='{name}']", NS):
+        obj.remove(old)
+    slot = etree.Element(qname("rim", "Slot"), name=name)
+    etree.SubElement(etree.SubElement(slot, qname("rim", "ValueList")), qname("rim", "Value")).text = value
+    # ebRIM orders Slots before Name/Description/Classification children.
+    first_non_slot = next((i for i, c in enumerate(obj) if c.tag != qname("rim", "Slot")), len(obj))
+    obj.insert(first_non_slot, slot)
+
+
+def _unique_id(obj: etree._Element) -> str:
+    for ei in obj.findall("rim:ExternalIdentifier", NS):
+        if ei.get("identificationScheme") == DOCUMENT_ENTRY_UNIQUE_ID:
+            return (ei.get("value") or "").strip()
+    return ""
+
+
+def _spool_inline(text: str, spool_dir: Path, limit: int) -> tuple[Path, int, str]:
+    """Decode inline base64 content to a spool file, computing size and SHA-1 as it goes."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=spool_dir, prefix="inline-")
+    sha, size = hashlib.sha1(), 0
+    compact = "".join(text.split())
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            step = 4 * 65536
+            for i in range(0, len(compact), step):
+                block = base64.b64decode(compact[i : i + step], validate=True)
+                size += len(block)
+                if size > limit:
+                    raise XDSRepositoryError(f"inline document exceeds {limit} bytes: send it as an MTOM attachment")
+                sha.update(block)
+                fh.write(block)
+    except (binascii.Error, ValueError) as exc:
+        os.unlink(name)
+        raise XDSRepositoryError(f"Document content is not valid base64: {exc}") from exc
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name), size, sha.hexdigest()
+
+
+def collect_documents(request: etree._Element, mtom: MtomMessage | None, settings: Settings) -> tuple[etree._Element, list[IncomingDocument]]:
+    """Pair each DocumentEntry with its Document and bring every document's bytes to a spool file."""
+    sor = request.find("lcm:SubmitObjectsRequest", NS)
+    if sor is None:
+        raise XDSRepositoryError("ProvideAndRegisterDocumentSetRequest has no lcm:SubmitObjectsRequest")
+    entries = {
+        eo.get("id", ""): eo
+        for eo in sor.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NS)
+    }
+    docs = request.findall("xdsb:Document", NS)
+    by_id: dict[str, etree._Element] = {}
+    errors: list[RegistryErrorItem] = []
+    for d in docs:
+        did = d.get("id", "")
+        if did in by_id:
+            errors.append(RegistryErrorItem(XDSRepositoryError.code, f"Document id {did!r} appears twice", did))
+        by_id[did] = d
+    for did in by_id:
+        if did not in entries:
+            errors.append(RegistryErrorItem(
+                XDSMissingDocumentMetadata.code, f"Document {did!r} has no matching DocumentEntry (ExtrinsicObject)", did))
+    for eid in entries:
+        if eid not in by_id:
+            errors.append(RegistryErrorItem(
+                XDSMissingDocument.code, f"DocumentEntry {eid!r} has no attached Document", eid))
+    if errors:
+        raise XdsError.many(errors)
+
+    incoming: list[IncomingDocument] = []
+    try:
+        for eid, eo in entries.items():
+            doc = by_id[eid]
+            includes = [c for c in doc if is_xop_include(c)]
+            if includes:
+                if mtom is None:
+                    raise XDSRepositoryError(f"Document {eid!r} uses xop:Include but the message is not MTOM")
+                try:
+                    att = mtom.resolve_cid(includes[0].get("href", ""))
+                except (KeyError, ValueError) as exc:
+                    raise XDSRepositoryError(f"Document {eid!r}: {exc}") from exc
+                path, size, sha1 = att.claim(), att.size, att.sha1
+            else:
+                path, size, sha1 = _spool_inline(doc.text or "", settings.spool_dir, settings.max_inline_document_bytes)
+            incoming.append(IncomingDocument(eid, _unique_id(eo), eo.get("mimeType", ""), path, size, sha1, eo))
+    except BaseException:
+        for doc_ in incoming:
+            doc_.path.unlink(missing_ok=True)
+        raise
+    return sor, incoming
+
+
+def check_and_complete(documents: list[IncomingDocument], repository_unique_id: str) -> None:
+    """Verify the source's size/hash against the bytes received, then record the repository's values."""
+    errors: list[RegistryErrorItem] = []
+    seen: set[str] = set()
+    for d in documents:
+        where = f"DocumentEntry {d.entry_id} (uniqueId {d.unique_id or '?'})"
+        if d.unique_id and d.unique_id in seen:
+            errors.append(RegistryErrorItem(
+                XDSRepositoryDuplicateUniqueIdInMessage.code, f"{where}: uniqueId used twice in this submission", d.entry_id))
+        seen.add(d.unique_id)
+        if not d.unique_id:
+            errors.append(RegistryErrorItem(
+                XDSRepositoryMetadataError.code,
+                f"{where}: external identifier XDSDocumentEntry.uniqueId ({DOCUMENT_ENTRY_UNIQUE_ID}) is required",
+                d.entry_id))
+        hashes = _slot_values(d.extrinsic, "hash")
+        if hashes and hashes[0].strip().lower() != d.sha1:
+            errors.append(RegistryErrorItem(
+                XDSRepositoryMetadataError.code,
+                f"{where}: hash slot {hashes[0]!r} does not match the SHA-1 of the document received ({d.sha1})",
+                d.entry_id))
+        sizes = _slot_values(d.extrinsic, "size")
+        if sizes and sizes[0].strip() != str(d.size):
+            errors.append(RegistryErrorItem(
+                XDSRepositoryMetadataError.code,
+                f"{where}: size slot {sizes[0]!r} does not match the {d.size} bytes received", d.entry_id))
+        if not d.mime_type:
+            errors.append(RegistryErrorItem(
+                XDSRepositoryMetadataError.code, f"{where}: mimeType attribute is required", d.entry_id))
+    if errors:
+        raise XdsError.many(errors)
+    for d in documents:
+        _set_slot(d.extrinsic, "size", str(d.size))
+        _set_slot(d.extrinsic, "hash", d.sha1)
+        _set_slot(d.extrinsic, "repositoryUniqueId", repository_unique_id)
+
+
+def _check_existing(session: Session, documents: list[IncomingDocument]) -> list[IncomingDocument]:
+    """Documents already held keep their bytes; a different document under the same uniqueId is refused."""
+    fresh = []
+    for d in documents:
+        held = session.scalar(select(StoredDocument).where(StoredDocument.unique_id == d.unique_id))
+        if held is None:
+            fresh.append(d)
+        elif held.sha1 != d.sha1:
+            raise XDSNonIdenticalHash(
+                f"DocumentEntry {d.entry_id} (uniqueId {d.unique_id}): a different document with this uniqueId "
+                "is already stored", d.entry_id)
+    return fresh
+
+
+def provide_and_register(
+    request: etree._Element,
+    mtom: MtomMessage | None,
+    *,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    store: DocumentStore,
+    register: RegisterFn,
+) -> etree._Element:
+    """Run ITI-41 and return the RegistryResponse to answer. XdsErrors propagate to the caller."""
+    sor, documents = collect_documents(request, mtom, settings)
+    stored: list[tuple[str, str]] = []  # (unique_id, store_key) written by this submission
+    try:
+        check_and_complete(documents, settings.repository_unique_id)
+        now = dt.datetime.now(dt.UTC)
+        with transaction(sessions) as session:
+            for d in _check_existing(session, documents):
+                key = store.put(d.path)
+                stored.append((d.unique_id, key))
+                session.add(StoredDocument(
+                    unique_id=d.unique_id, size=d.size, sha1=d.sha1, mime_type=d.mime_type, store_key=key,
+                    created_at=now))
+        response = register(sor)
+        status = response.get("status", "")
+        if not status.endswith(":Success"):
+            _undo(sessions, store, stored)
+        return response
+    except BaseException:
+        _undo(sessions, store, stored)
+        raise
+    finally:
+        for d in documents:
+            d.path.unlink(missing_ok=True)  # no-op for documents moved into the store
+
+
+def _undo(sessions: sessionmaker[Session], store: DocumentStore, stored: list[tuple[str, str]]) -> None:
+    if not stored:
+        return
+    try:
+        with transaction(sessions) as session:
+            session.execute(delete(StoredDocument).where(StoredDocument.unique_id.in_([u for u, _ in stored])))
+    finally:
+        for _, key in stored:
+            store.delete(key)
+    log.info("rolled back %d stored document(s) of a failed submission", len(stored))
+    stored.clear()

@@ -1,0 +1,73 @@
+"""The repository's SOAP endpoint (/xds/repository): ITI-41 and ITI-43, and its ITI-42 client."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from lxml import etree
+from sqlalchemy.orm import Session, sessionmaker
+
+from clearinghouse.config import Settings
+from clearinghouse.errors import XDSRegistryNotAvailable, XdsError
+from clearinghouse.registry_response import error_response
+from clearinghouse.soap.client import SoapClient, SoapClientError
+from clearinghouse.soap.endpoint import Operation, SoapEndpoint, SoapRequest, SoapResult
+from clearinghouse.xmlsafe import NS, qname
+from repository.provide import provide_and_register
+from repository.retrieve import retrieve_document_set
+from repository.store import DocumentStore
+
+log = logging.getLogger("repository")
+
+ITI41_ACTION = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
+ITI43_ACTION = "urn:ihe:iti:2007:RetrieveDocumentSet"
+ITI42_ACTION = "urn:ihe:iti:2007:RegisterDocumentSet-b"
+
+
+class RegistryClient:
+    """ITI-42 to the registry, over whatever transport the SoapClient was given."""
+
+    def __init__(self, client: SoapClient) -> None:
+        self.client = client
+
+    def register(self, submit_objects_request: etree._Element) -> etree._Element:
+        try:
+            reply = self.client.call(ITI42_ACTION, copy.deepcopy(submit_objects_request))
+        except (SoapClientError, OSError) as exc:
+            log.error("ITI-42 to the registry failed: %s", exc)
+            raise XDSRegistryNotAvailable(f"the registry could not be reached or refused the message: {exc}") from exc
+        reply.close()
+        if reply.body.tag != qname("rs", "RegistryResponse"):
+            raise XDSRegistryNotAvailable(f"the registry answered ITI-42 with {reply.body.tag}")
+        return reply.body
+
+
+def repository_endpoint(settings: Settings, sessions: sessionmaker[Session], store: DocumentStore,
+                        registry: RegistryClient) -> SoapEndpoint:
+    def provide(req: SoapRequest) -> SoapResult:
+        try:
+            body = provide_and_register(
+                req.body, req.mtom, settings=settings, sessions=sessions, store=store, register=registry.register
+            )
+        except XdsError as exc:
+            log.info("ITI-41 from %s refused: %s", req.peer.participant, "; ".join(i.context for i in exc.items))
+            body = error_response(qname("rs", "RegistryResponse"), exc)
+        else:
+            log.info("ITI-41 from %s: %s", req.peer.participant, body.get("status"))
+        return SoapResult(body)
+
+    def retrieve(req: SoapRequest) -> SoapResult:
+        result = retrieve_document_set(
+            req.body, repository_unique_id=settings.repository_unique_id,
+            home_community_id=settings.home_community_id, sessions=sessions, store=store,
+        )
+        log.info("ITI-43 by %s: %d document(s)", req.peer.participant, len(result.attachments))
+        return SoapResult(result.body, result.attachments, force_mtom=True)
+
+    return SoapEndpoint("DocumentRepository", NS["xdsb"], [
+        Operation("DocumentRepository_ProvideAndRegisterDocumentSet-b", "ITI-41", ITI41_ACTION,
+                  ITI41_ACTION + "Response", qname("xdsb", "ProvideAndRegisterDocumentSetRequest"), "source", provide),
+        Operation("DocumentRepository_RetrieveDocumentSet", "ITI-43", ITI43_ACTION, ITI43_ACTION + "Response",
+                  qname("xdsb", "RetrieveDocumentSetRequest"), "consumer", retrieve),
+    ], settings)
