@@ -7,6 +7,7 @@ interfaces a remote peer would (the repository registers through ITI-42 messages
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,12 @@ def prepare_home(settings: Settings) -> None:
     """Create the data directory and, unless production certificates are configured, the development PKI."""
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    # Spool files belong to requests in flight; old ones were left by a crash. Recent ones may
+    # belong to another server process sharing this home, so they are left alone.
+    cutoff = time.time() - 3600
+    for stale in settings.spool_dir.iterdir():
+        if stale.is_file() and stale.stat().st_mtime < cutoff:
+            stale.unlink(missing_ok=True)
     if not settings.tls_cert:
         pki.ensure_development_pki(settings.pki_dir)
 

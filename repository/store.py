@@ -44,6 +44,9 @@ class FilesystemStore:
         key = uuid.uuid4().hex
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # The spool file was written without fsync; make it durable before the row that names it commits.
+        with open(source, "rb") as fh:
+            os.fsync(fh.fileno())
         try:
             os.replace(source, target)
         except OSError:

@@ -163,7 +163,7 @@ class SoapEndpoint:
                     max_total_bytes=s.max_request_bytes,
                 )
             except MtomError as exc:
-                raise SoapFaultError(f"malformed MTOM/XOP message: {exc}", http_status=400) from exc
+                raise exc.to_fault() from exc
             return mtom, mtom.root
         if base == "text/xml":
             raise SoapFaultError(

@@ -1,0 +1,1 @@
+"""SOAP transport: the streaming MTOM/XOP codec and the glue around spyne."""

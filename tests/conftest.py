@@ -1,0 +1,115 @@
+"""Test harness: a real clearinghouse on real TLS sockets, on SQLite and (when
+CLEARINGHOUSE_TEST_DATABASE_URL is set) on PostgreSQL, with participants holding real certificates."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from clearinghouse import db, participants, pki
+from clearinghouse.app import Clearinghouse, build, prepare_home
+from clearinghouse.config import Settings
+from clearinghouse.mllp import MllpClient
+from clearinghouse.soap.client import SoapClient, https_client
+from clearinghouse.tls import client_context
+
+PG_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+@dataclass
+class Identity:
+    name: str
+    cert: Path
+    key: Path
+    ca: Path
+
+    def context(self) -> ssl.SSLContext:
+        return client_context(self.ca, self.cert, self.key)
+
+
+@dataclass
+class Running:
+    ch: Clearinghouse
+    settings: Settings
+    tmp: Path
+    identities: dict[str, Identity]
+
+    @property
+    def https_port(self) -> int:
+        return self.ch.https.port
+
+    @property
+    def feed_port(self) -> int:
+        return self.ch.feed.port
+
+    def url(self, path: str) -> str:
+        return f"https://localhost:{self.https_port}{path}"
+
+    def soap(self, who: str, path: str) -> SoapClient:
+        ident = self.identities[who]
+        return https_client(self.url(path), ident.ca, ident.cert, ident.key, spool_dir=self.tmp / "client-spool")
+
+    def feed_client(self, who: str = "edge") -> MllpClient:
+        return MllpClient("localhost", self.feed_port, self.identities[who].context())
+
+    def add_identity(self, name: str, roles: list[str], **issue_kwargs: object) -> Identity:
+        ca = pki.load_ca(self.settings.pki_dir)
+        issued = pki.issue_certificate(ca, name, client=True, **issue_kwargs)  # type: ignore[arg-type]
+        with db.transaction(self.ch.sessions) as session:
+            participants.register(session, name, roles, issued.certificate, "issued")
+        return self.write_identity(name, issued, ca.cert_pem)
+
+    def write_identity(self, name: str, issued: pki.IssuedIdentity, ca_pem: bytes | None = None) -> Identity:
+        out = self.tmp / "clients"
+        out.mkdir(exist_ok=True)
+        (out / f"{name}.cert.pem").write_bytes(issued.cert_pem)
+        pki.write_private(out / f"{name}.key.pem", issued.key_pem)
+        ident = Identity(name, out / f"{name}.cert.pem", out / f"{name}.key.pem", self.settings.ca_cert_path)
+        self.identities[name] = ident
+        return ident
+
+
+def _engine_for(backend: str):  # noqa: ANN202
+    if backend == "postgresql":
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        admin = db.make_engine(PG_URL)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        return db.make_engine(PG_URL, schema=schema), (admin, schema)
+    return None, None
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def clearinghouse(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp(f"ch-{backend}")
+    settings = Settings(home=tmp / "home", https_port=0, feed_port=0, http_threads=8)
+    prepare_home(settings)
+    engine, cleanup = _engine_for(backend)
+    ch = build(settings, engine=engine)
+    ch.start()
+    running = Running(ch, settings, tmp, {})
+    running.add_identity("edge", ["source"])
+    running.add_identity("phr", ["consumer"])
+    running.add_identity("auditor", ["auditor"])
+    try:
+        yield running
+    finally:
+        ch.stop()
+        if cleanup:
+            admin, schema = cleanup
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
