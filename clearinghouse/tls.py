@@ -202,6 +202,12 @@ def _close_quietly(conn: SSL.Connection, sock: socket.socket) -> None:
     sock.close()
 
 
+def _is_abrupt_close(exc: SSL.Error) -> bool:
+    # A peer that closes the TCP connection without a TLS close_notify (common among HTTP
+    # clients once they have their response) surfaces as an empty error or "unexpected eof".
+    return not exc.args or not exc.args[0] or "unexpected eof" in str(exc).lower()
+
+
 class TlsStream:
     """A blocking byte stream over an established TLS connection."""
 
@@ -224,6 +230,10 @@ class TlsStream:
             if exc.args and exc.args[0] in (-1, 104, 32):  # unexpected EOF, reset, broken pipe
                 return b""
             raise ConnectionError(str(exc)) from exc
+        except SSL.Error as exc:
+            if _is_abrupt_close(exc):
+                return b""
+            raise ConnectionError(str(exc)) from exc
 
     def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0) -> int:
         try:
@@ -234,6 +244,10 @@ class TlsStream:
             raise TimeoutError("TLS read timed out") from exc
         except SSL.SysCallError as exc:
             if exc.args and exc.args[0] in (-1, 104, 32):
+                return 0
+            raise ConnectionError(str(exc)) from exc
+        except SSL.Error as exc:
+            if _is_abrupt_close(exc):
                 return 0
             raise ConnectionError(str(exc)) from exc
 

@@ -74,7 +74,7 @@ class _IheSoap12(Soap12):
         self._tns = tns
 
     def create_in_document(self, ctx: Any, charset: str | None = None) -> None:
-        ctx.in_document = ctx.transport.req_env[_REQUEST_KEY].envelope
+        ctx.in_document = (ctx.transport.req_env[_REQUEST_KEY].envelope, {})
 
     def decompose_incoming_envelope(self, ctx: Any, message: str = Soap12.REQUEST) -> None:
         super().decompose_incoming_envelope(ctx, message)
@@ -95,15 +95,15 @@ class _IheSoap12(Soap12):
 
 def _service_for(name: str, operations: list[Operation]) -> type[ServiceBase]:
     def make(op: Operation) -> Any:
-        @rpc(AnyXml, _body_style="bare", _returns=AnyXml, _in_message_name=op.name)
         def method(ctx: Any, _body: Any) -> Any:
             request: SoapRequest = ctx.transport.req_env[_REQUEST_KEY]
             result = op.handler(request)
             ctx.transport.req_env[_RESULT_KEY] = result
             return result.body
 
-        method.__name__ = op.name.replace("-", "_")
-        return method
+        # spyne keys methods by function name, so each operation needs its own.
+        method.__name__ = method.__qualname__ = op.name.replace("-", "_")
+        return rpc(AnyXml, _body_style="bare", _returns=AnyXml, _in_message_name=op.name)(method)
 
     attrs = {op.name.replace("-", "_"): make(op) for op in operations}
     return type(name, (ServiceBase,), attrs)
@@ -116,9 +116,9 @@ class SoapEndpoint:
         self.name = name
         self.settings = settings
         self.operations = {op.action: op for op in operations}
-        protocol = _IheSoap12(self.operations, tns)
         app = Application(
-            [_service_for(name, operations)], tns=tns, name=name, in_protocol=protocol, out_protocol=protocol
+            [_service_for(name, operations)], tns=tns, name=name,
+            in_protocol=_IheSoap12(self.operations, tns), out_protocol=_IheSoap12(self.operations, tns),
         )
         self._spyne = WsgiApplication(app)
         self._spyne.doc.wsdl11 = None
@@ -246,7 +246,7 @@ class SoapEndpoint:
             raise SoapFaultError("internal error", code="Receiver", http_status=500) from None
         result: SoapResult | None = inner.get(_RESULT_KEY)
         if result is None or not captured.get("status", "").startswith("200"):
-            log.error("%s: %s: spyne returned %s", self.name, request.action, captured.get("status"))
+            log.error("%s: %s: spyne returned %s: %s", self.name, request.action, captured.get("status"), out[:2000])
             raise SoapFaultError("internal error", code="Receiver", http_status=500)
         if result.attachments or result.force_mtom or request.mtom is not None:
             writer = MtomWriter(out, result.attachments)
