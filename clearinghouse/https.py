@@ -121,12 +121,19 @@ class MutualTlsAdapter(Adapter):
         return _Writer(sock.stream, size)
 
 
+class _Server(wsgi.Server):
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        # Refused handshakes are already logged (with the certificate subject) by the trust policy;
+        # cheroot's own report of the dropped connection is detail for debugging only.
+        log.log(logging.DEBUG if level < logging.ERROR else level, "%s", msg, exc_info=traceback)
+
+
 class HttpsServer:
     """A threaded HTTPS server for one WSGI application, started and stopped from the outside."""
 
     def __init__(self, host: str, port: int, app: Callable[..., Any], tls: ServerTLS, *, threads: int = 16,
                  max_request_bytes: int = 0) -> None:
-        self.server = wsgi.Server(
+        self.server = _Server(
             (host, port), app, numthreads=threads, server_name="isn-clearinghouse",
             max=-1, request_queue_size=64, timeout=60, shutdown_timeout=5, accepted_queue_timeout=5,
         )

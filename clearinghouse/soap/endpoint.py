@@ -121,13 +121,13 @@ class SoapEndpoint:
             in_protocol=_IheSoap12(self.operations, tns), out_protocol=_IheSoap12(self.operations, tns),
         )
         self._spyne = WsgiApplication(app)
-        self._spyne.doc.wsdl11 = None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method == "GET":
             if environ.get("QUERY_STRING", "").lower() in ("wsdl", "wsdl="):
-                return self._spyne(environ, start_response)
+                out = self._spyne(environ, start_response)
+                return [part.encode() if isinstance(part, str) else part for part in out]
             return _plain(start_response, "405 Method Not Allowed", b"POST a SOAP 1.2 message, or GET ?wsdl\n")
         if method != "POST":
             return _plain(start_response, "405 Method Not Allowed", b"POST a SOAP 1.2 message\n")
@@ -163,7 +163,7 @@ class SoapEndpoint:
                     max_total_bytes=s.max_request_bytes,
                 )
             except MtomError as exc:
-                raise exc.to_fault() from exc
+                raise SoapFaultError(f"malformed MTOM/XOP message: {exc}", http_status=exc.http_status) from exc
             return mtom, mtom.root
         if base == "text/xml":
             raise SoapFaultError(
