@@ -105,6 +105,7 @@ def test_object_ref_query_and_submission_set_contents(clearinghouse):
         "$patientId": xs.quoted(patient),
         "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED]),
         "$XDSSubmissionSetStatus": xs.quoted_list([xs.APPROVED]),
+        "$XDSFolderStatus": xs.quoted_list([xs.APPROVED]),
     }))
     olist = everything.body.find("rim:RegistryObjectList", NS)
     assert len(olist.findall("rim:ExtrinsicObject", NS)) == 2
