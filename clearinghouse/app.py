@@ -96,7 +96,8 @@ def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = T
     registry = registry_endpoint(settings, sessions)
     if settings.registry_url:
         transport: Any = HttpsTransport(
-            settings.registry_url, client_context(settings.ca_cert_path, settings.client_cert, settings.client_key)
+            settings.registry_url,
+            client_context(settings.registry_ca or settings.ca_cert_path, settings.client_cert, settings.client_key),
         )
     else:
         transport = WsgiTransport(registry, INTERNAL_REPOSITORY)

@@ -27,6 +27,8 @@ class Settings:
     store_path: str = ""  # empty: home/documents
     # Registry the repository registers with (ITI-42). Empty: the in-process registry.
     registry_url: str = ""
+    # CA that issued the remote registry's server certificate; empty: this server's CA.
+    registry_ca: str = ""
     repository_unique_id: str = "1.3.6.1.4.1.21367.2026.1.1"
     home_community_id: str = "urn:oid:1.3.6.1.4.1.21367.2026.1"
     affinity_domain_oid: str = DEFAULT_AFFINITY_DOMAIN_OID

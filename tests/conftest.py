@@ -7,6 +7,7 @@ import os
 import ssl
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,10 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="session")
-def clearinghouse(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    tmp = tmp_path_factory.mktemp(f"ch-{backend}")
-    settings = Settings(home=tmp / "home", https_port=0, feed_port=0, http_threads=8)
+@contextmanager
+def running_instance(tmp: Path, backend: str = "sqlite", **overrides: object) -> Iterator[Running]:
+    """A started clearinghouse on ephemeral ports with participants edge (source), phr (consumer), auditor."""
+    settings = Settings(home=tmp / "home", https_port=0, feed_port=0, http_threads=8, **overrides)  # type: ignore[arg-type]
     prepare_home(settings)
     engine, cleanup = _engine_for(backend)
     ch = build(settings, engine=engine)
@@ -113,3 +114,9 @@ def clearinghouse(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             with admin.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
             admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def clearinghouse(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running_instance(tmp_path_factory.mktemp(f"ch-{backend}"), backend) as running:
+        yield running
