@@ -101,10 +101,18 @@ def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = T
         )
     else:
         transport = WsgiTransport(registry, INTERNAL_REPOSITORY)
-    repository = repository_endpoint(settings, sessions, store, RegistryClient(SoapClient(transport, settings.spool_dir)))
+    repository = repository_endpoint(
+        settings, sessions, store, RegistryClient(SoapClient(transport, settings.spool_dir))
+    )
     app = Router({"/xds/registry": registry, "/xds/repository": repository})
     https = HttpsServer(settings.bind, settings.https_port, app, tls, threads=settings.http_threads)
     feed_handler = PatientIdentityFeed(sessions, settings)
-    feed = MllpServer(settings.bind, settings.feed_port, tls, feed_handler.handle,
-                      max_message_bytes=settings.max_hl7_message_bytes, name="feed")
+    feed = MllpServer(
+        settings.bind,
+        settings.feed_port,
+        tls,
+        feed_handler.handle,
+        max_message_bytes=settings.max_hl7_message_bytes,
+        name="feed",
+    )
     return Clearinghouse(settings, engine, sessions, https, feed)

@@ -20,7 +20,9 @@ log = logging.getLogger("clearinghouse")
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", help="data directory (env CLEARINGHOUSE_HOME, default ./clearinghouse-data)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (env CLEARINGHOUSE_DATABASE_URL; default SQLite in home)")
+    parser.add_argument(
+        "--database-url", help="SQLAlchemy URL (env CLEARINGHOUSE_DATABASE_URL; default SQLite in home)"
+    )
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -93,7 +95,10 @@ def cmd_participants_import(args: argparse.Namespace) -> int:
     cert = pki.load_certificate(Path(args.cert).read_bytes())
     with db.transaction(sessions) as session:
         view = participants.register(session, args.name, args.role, cert, "imported")
-    print(f"participant {view.name} ({', '.join(sorted(view.roles))}) imported: {view.subject}, SHA-256 {view.fingerprint}")
+    print(
+        f"participant {view.name} ({', '.join(sorted(view.roles))}) imported: {view.subject}, "
+        f"SHA-256 {view.fingerprint}"
+    )
     return 0
 
 
@@ -104,8 +109,10 @@ def cmd_participants_list(args: argparse.Namespace) -> int:
     print(f"{'NAME':24} {'ROLES':24} {'ORIGIN':9} {'STATUS':8} {'EXPIRES':20} SUBJECT")
     for p in rows:
         status = "revoked" if p.revoked else "active"
-        print(f"{p.name:24} {','.join(sorted(p.roles)):24} {p.origin:9} {status:8} "
-              f"{p.not_after:%Y-%m-%d %H:%M}Z{'':3} {p.subject}")
+        print(
+            f"{p.name:24} {','.join(sorted(p.roles)):24} {p.origin:9} {status:8} "
+            f"{p.not_after:%Y-%m-%d %H:%M}Z{'':3} {p.subject}"
+        )
     return 0
 
 

@@ -62,7 +62,9 @@ def _alembic_config(engine: Engine) -> Config:
     locations = []
     for name in MIGRATION_PACKAGES:
         pkg = importlib.import_module(name)
-        locations.append(str(Path(pkg.__file__).parent / "migrations" / ("versions" if name == "clearinghouse" else "")))
+        locations.append(
+            str(Path(pkg.__file__).parent / "migrations" / ("versions" if name == "clearinghouse" else ""))
+        )
     cfg.set_main_option("version_locations", " ".join(p.rstrip("/") for p in locations))
     cfg.set_main_option("path_separator", "space")
     cfg.attributes["engine"] = engine

@@ -58,8 +58,9 @@ class MalformedMessage(HL7Error):
     """A message that cannot be accepted; ``partial`` holds whatever of it could be parsed
     (at least the MSH, when readable) so that the ACK can still be addressed and correlated."""
 
-    def __init__(self, text: str, *, ack_code: str, error_code: str, location: str = "",
-                 partial: Message | None = None) -> None:
+    def __init__(
+        self, text: str, *, ack_code: str, error_code: str, location: str = "", partial: Message | None = None
+    ) -> None:
         super().__init__(text, ack_code=ack_code, error_code=error_code, location=location)
         self.partial = partial
 
@@ -107,8 +108,13 @@ def escape(text: str, seps: Separators) -> str:
     """Escape a value for a field; control characters become \\Xhh\\ so that no CR (segment end)
     or MLLP block character can ever reach the wire inside a value."""
     esc = seps.escape
-    table = {esc: f"{esc}E{esc}", seps.field: f"{esc}F{esc}", seps.component: f"{esc}S{esc}",
-             seps.subcomponent: f"{esc}T{esc}", seps.repetition: f"{esc}R{esc}"}
+    table = {
+        esc: f"{esc}E{esc}",
+        seps.field: f"{esc}F{esc}",
+        seps.component: f"{esc}S{esc}",
+        seps.subcomponent: f"{esc}T{esc}",
+        seps.repetition: f"{esc}R{esc}",
+    }
     out = []
     for ch in text:
         if ch in table:
@@ -169,8 +175,16 @@ class Message:
         found = self.segments(name)
         return found[occurrence - 1] if 1 <= occurrence <= len(found) else None
 
-    def get(self, segment: str, field: int, component: int = 1, repetition: int = 1,
-            subcomponent: int = 1, *, occurrence: int = 1) -> str:
+    def get(
+        self,
+        segment: str,
+        field: int,
+        component: int = 1,
+        repetition: int = 1,
+        subcomponent: int = 1,
+        *,
+        occurrence: int = 1,
+    ) -> str:
         seg = self.segment(segment, occurrence)
         return seg.get(field, component, repetition, subcomponent) if seg else ""
 
@@ -234,8 +248,12 @@ def _separators(head: bytes) -> Separators:
         enc = enc[:4]  # 2.7 truncation character: not used in 2.3.1/2.5
     bad = [c for c in fs + enc if c.isalnum() or c.isspace()]
     if not fs or len(enc) != 4 or bad or len(set(fs + enc)) != 5:
-        raise MalformedMessage("MSH-1/MSH-2 do not hold five distinct separator characters",
-                               ack_code="AR", error_code="102", location="MSH^1^2")
+        raise MalformedMessage(
+            "MSH-1/MSH-2 do not hold five distinct separator characters",
+            ack_code="AR",
+            error_code="102",
+            location="MSH^1^2",
+        )
     return Separators(fs, enc[0], enc[1], enc[2], enc[3])
 
 
@@ -246,8 +264,7 @@ def _split_segments(text: str, seps: Separators, encoding: str) -> list[Segment]
             continue  # blank lines from LF/CRLF line endings or a trailing terminator
         name = line[:3]
         if not _SEGMENT_ID.fullmatch(name) or (len(line) > 3 and line[3] != seps.field):
-            raise MalformedMessage(f"line {n} is not a segment (segment id {name!r})",
-                                   ack_code="AE", error_code="100")
+            raise MalformedMessage(f"line {n} is not a segment (segment id {name!r})", ack_code="AE", error_code="100")
         fields = line.split(seps.field)
         if name == "MSH":
             fields.insert(1, seps.field)
@@ -266,8 +283,13 @@ def _decode(data: bytes, charset: str, codec: str, partial: Message) -> str:
         return data.decode(codec)
     except (UnicodeDecodeError, LookupError):
         if charset:  # the sender declared a charset and broke it: refuse rather than guess
-            raise MalformedMessage(f"message bytes are not valid {charset!r}", ack_code="AR",
-                                   error_code="102", location="MSH^1^18", partial=partial) from None
+            raise MalformedMessage(
+                f"message bytes are not valid {charset!r}",
+                ack_code="AR",
+                error_code="102",
+                location="MSH^1^18",
+                partial=partial,
+            ) from None
     # Undeclared (ASCII by the standard): many senders put UTF-8 or Latin-1 here regardless.
     try:
         return data.decode("utf-8")
@@ -284,16 +306,22 @@ def parse_message(data: bytes, encoding_hint: str | None = None) -> Message:
     """
     head = data.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     if not head.startswith(b"MSH") or len(head) < 8:
-        raise MalformedMessage("message does not begin with an MSH segment",
-                               ack_code="AR", error_code="100", location="MSH")
+        raise MalformedMessage(
+            "message does not begin with an MSH segment", ack_code="AR", error_code="100", location="MSH"
+        )
     seps = _separators(head)
     first = re.split(rb"[\r\n]", head, maxsplit=1)[0]
     partial = Message(_split_segments(first.decode("latin-1"), seps, "iso8859-1"), seps, "iso8859-1")
     charset = partial.charset
     codec = _codec(charset, encoding_hint)
     if codec is None:
-        raise MalformedMessage(f"character set {charset!r} (MSH-18) is not supported", ack_code="AR",
-                               error_code="103", location="MSH^1^18", partial=partial)
+        raise MalformedMessage(
+            f"character set {charset!r} (MSH-18) is not supported",
+            ack_code="AR",
+            error_code="103",
+            location="MSH^1^18",
+            partial=partial,
+        )
     text = _decode(head, charset, codec, partial)
     try:
         segments = _split_segments(text, seps, codec)
@@ -302,16 +330,34 @@ def parse_message(data: bytes, encoding_hint: str | None = None) -> Message:
         raise
     msg = Message(segments, seps, codec)
     if len(msg.segments("MSH")) > 1:
-        raise MalformedMessage("more than one MSH segment (batches are not supported)",
-                               ack_code="AR", error_code="100", location="MSH^2", partial=msg)
-    for field, value, what in ((9, msg.message_type, "message type"), (10, msg.control_id, "control id"),
-                               (12, msg.version, "version id")):
+        raise MalformedMessage(
+            "more than one MSH segment (batches are not supported)",
+            ack_code="AR",
+            error_code="100",
+            location="MSH^2",
+            partial=msg,
+        )
+    for field, value, what in (
+        (9, msg.message_type, "message type"),
+        (10, msg.control_id, "control id"),
+        (12, msg.version, "version id"),
+    ):
         if not value.strip():
-            raise MalformedMessage(f"MSH-{field} ({what}) is missing", ack_code="AR", error_code="101",
-                                   location=f"MSH^1^{field}", partial=msg)
+            raise MalformedMessage(
+                f"MSH-{field} ({what}) is missing",
+                ack_code="AR",
+                error_code="101",
+                location=f"MSH^1^{field}",
+                partial=msg,
+            )
     if msg.version not in SUPPORTED_VERSIONS:
-        raise MalformedMessage(f"HL7 version {msg.version!r} is not supported (use 2.3.1 or 2.5)",
-                               ack_code="AR", error_code="203", location="MSH^1^12", partial=msg)
+        raise MalformedMessage(
+            f"HL7 version {msg.version!r} is not supported (use 2.3.1 or 2.5)",
+            ack_code="AR",
+            error_code="203",
+            location="MSH^1^12",
+            partial=msg,
+        )
     return msg
 
 
@@ -327,11 +373,21 @@ def header_of(data: bytes) -> Message | None:
 def check_event(msg: Message, supported: Mapping[str, Collection[str]]) -> None:
     """AR 200/201 unless MSH-9 names a supported message type and trigger event."""
     if msg.message_type not in supported:
-        raise MalformedMessage(f"message type {msg.message_type!r} is not supported", ack_code="AR",
-                               error_code="200", location="MSH^1^9^1^1", partial=msg)
+        raise MalformedMessage(
+            f"message type {msg.message_type!r} is not supported",
+            ack_code="AR",
+            error_code="200",
+            location="MSH^1^9^1^1",
+            partial=msg,
+        )
     if msg.trigger_event not in supported[msg.message_type]:
-        raise MalformedMessage(f"event {msg.message_type + '^' + msg.trigger_event!r} is not supported",
-                               ack_code="AR", error_code="201", location="MSH^1^9^1^2", partial=msg)
+        raise MalformedMessage(
+            f"event {msg.message_type + '^' + msg.trigger_event!r} is not supported",
+            ack_code="AR",
+            error_code="201",
+            location="MSH^1^9^1^2",
+            partial=msg,
+        )
 
 
 def new_control_id() -> str:
@@ -343,9 +399,17 @@ def _layout_25(version: str) -> bool:
     return tuple(int(p) for p in version.split(".")[:2]) >= (2, 5)
 
 
-def build_ack(msg: Message | None, ack_code: str, *, text: str = "", error: HL7Error | None = None,
-              sending_app: str = "CLEARINGHOUSE", sending_facility: str = "ISN",
-              now: datetime | None = None, control_id: str | None = None) -> bytes:
+def build_ack(
+    msg: Message | None,
+    ack_code: str,
+    *,
+    text: str = "",
+    error: HL7Error | None = None,
+    sending_app: str = "CLEARINGHOUSE",
+    sending_facility: str = "ISN",
+    now: datetime | None = None,
+    control_id: str | None = None,
+) -> bytes:
     """An original-mode ACK for ``msg`` (None: the request was unreadable, so defaults are used).
 
     The request's separators, version and charset are reused so the sender can read the answer;
@@ -360,9 +424,20 @@ def build_ack(msg: Message | None, ack_code: str, *, text: str = "", error: HL7E
     when = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
     text = (text or (error.text if error else ""))[:1000]
     trigger = escape(msg.trigger_event, seps) if msg else ""
-    msh = ["MSH", seps.encoding_characters, escape(sending_app, seps), escape(sending_facility, seps),
-           raw(3), raw(4), when, "", f"ACK{c}{trigger}{c}ACK", escape(control_id or new_control_id(), seps),
-           raw(11) or "P", version]
+    msh = [
+        "MSH",
+        seps.encoding_characters,
+        escape(sending_app, seps),
+        escape(sending_facility, seps),
+        raw(3),
+        raw(4),
+        when,
+        "",
+        f"ACK{c}{trigger}{c}ACK",
+        escape(control_id or new_control_id(), seps),
+        raw(11) or "P",
+        version,
+    ]
     if h and raw(18):
         msh += [""] * 5 + [raw(18)]  # MSH-13..17 empty, MSH-18 as received
     segments = [fs.join(msh)]
@@ -377,8 +452,7 @@ def build_ack(msg: Message | None, ack_code: str, *, text: str = "", error: HL7E
         loc = [escape(p, seps) for p in error.location.split("^")] if error.location else []
         if new_layout:
             severity = "W" if ack_code in ("AA", "CA") else "E"
-            err = ["ERR", "", c.join(loc), f"{code}{c}{desc}{c}HL70357", severity, "", "", "",
-                   escape(text, seps)]
+            err = ["ERR", "", c.join(loc), f"{code}{c}{desc}{c}HL70357", severity, "", "", "", escape(text, seps)]
         else:
             loc = (loc + ["", "", ""])[:3]
             s = seps.subcomponent

@@ -131,11 +131,26 @@ class _Server(wsgi.Server):
 class HttpsServer:
     """A threaded HTTPS server for one WSGI application, started and stopped from the outside."""
 
-    def __init__(self, host: str, port: int, app: Callable[..., Any], tls: ServerTLS, *, threads: int = 16,
-                 max_request_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: Callable[..., Any],
+        tls: ServerTLS,
+        *,
+        threads: int = 16,
+        max_request_bytes: int = 0,
+    ) -> None:
         self.server = _Server(
-            (host, port), app, numthreads=threads, server_name="isn-clearinghouse",
-            max=-1, request_queue_size=64, timeout=60, shutdown_timeout=5, accepted_queue_timeout=5,
+            (host, port),
+            app,
+            numthreads=threads,
+            server_name="isn-clearinghouse",
+            max=-1,
+            request_queue_size=64,
+            timeout=60,
+            shutdown_timeout=5,
+            accepted_queue_timeout=5,
         )
         self.server.ssl_adapter = MutualTlsAdapter(tls)
         self.server.max_request_body_size = max_request_bytes

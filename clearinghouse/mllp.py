@@ -114,9 +114,18 @@ class MllpServer:
     One thread per connection: feeds are few, long-lived connections from known sites.
     """
 
-    def __init__(self, host: str, port: int, tls: ServerTLSLike, handler: Handler, *,
-                 max_message_bytes: int, name: str = "mllp", idle_timeout: float = 300.0,
-                 max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ServerTLSLike,
+        handler: Handler,
+        *,
+        max_message_bytes: int,
+        name: str = "mllp",
+        idle_timeout: float = 300.0,
+        max_connections: int = 64,
+    ) -> None:
         self.host, self.name = host, name
         self._requested_port = port
         self._tls = tls
@@ -146,8 +155,7 @@ class MllpServer:
         # A timeout lets the accept loop notice stop() even where closing a listening socket
         # does not interrupt accept() in another thread.
         self._listener.settimeout(0.2)
-        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-accept",
-                                               daemon=True)
+        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-accept", daemon=True)
         self._accept_thread.start()
         log.info("%s: listening on %s:%d", self.name, self.host, self.port)
 
@@ -191,13 +199,18 @@ class MllpServer:
                 continue
             with self._lock:
                 if self._stopping.is_set() or len(self._threads) >= self.max_connections:
-                    log.warning("%s: refusing connection from %s: %s", self.name, peer_addr,
-                                "stopping" if self._stopping.is_set() else "too many connections")
+                    log.warning(
+                        "%s: refusing connection from %s: %s",
+                        self.name,
+                        peer_addr,
+                        "stopping" if self._stopping.is_set() else "too many connections",
+                    )
                     _quietly(sock.close)
                     _quietly(waker.close)
                     continue
-                t = threading.Thread(target=self._serve, args=(sock, peer_addr),
-                                     name=f"{self.name}-{peer_addr}", daemon=True)
+                t = threading.Thread(
+                    target=self._serve, args=(sock, peer_addr), name=f"{self.name}-{peer_addr}", daemon=True
+                )
                 self._threads.add(t)
                 self._wakers[t] = waker
                 t.start()  # under the lock, so that stop() never joins a thread not yet started
@@ -261,8 +274,7 @@ class MllpServer:
             return hl7.build_ack(exc.partial, "AE", error=error)
 
     def _refuse_oversized(self, stream: TlsStreamLike, exc: MllpFrameTooLarge) -> None:
-        error = HL7Error(f"message exceeds the {exc.limit}-byte limit of this server",
-                         ack_code="AR", error_code="207")
+        error = HL7Error(f"message exceeds the {exc.limit}-byte limit of this server", ack_code="AR", error_code="207")
         try:
             stream.sendall(frame(hl7.build_ack(hl7.header_of(exc.prefix), "AR", error=error)))
         except Exception:  # noqa: BLE001 - best effort: the connection is closed either way
@@ -304,8 +316,15 @@ def _quietly(fn: Callable[..., object], *args: object) -> None:
 class MllpClient:
     """One MLLP connection (TLS when ``ssl_context`` is given) used for many request/response pairs."""
 
-    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None, timeout: float = 30.0,
-                 *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float = 30.0,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock = ssl_context.wrap_socket(sock, server_hostname=host) if ssl_context else sock
@@ -334,8 +353,9 @@ class MllpClient:
         self.close()
 
 
-def send_message(host: str, port: int, message: bytes, ssl_context: ssl.SSLContext | None,
-                 timeout: float = 30.0) -> bytes:
+def send_message(
+    host: str, port: int, message: bytes, ssl_context: ssl.SSLContext | None, timeout: float = 30.0
+) -> bytes:
     """Send one message on a new connection and return the response."""
     with MllpClient(host, port, ssl_context, timeout) as client:
         return client.send(message)

@@ -55,7 +55,9 @@ class ParticipantView:
 
 
 def _view(p: Participant) -> ParticipantView:
-    return ParticipantView(p.name, p.role_set, p.origin, p.subject, p.fingerprint, p.not_after, p.revoked_at is not None)
+    return ParticipantView(
+        p.name, p.role_set, p.origin, p.subject, p.fingerprint, p.not_after, p.revoked_at is not None
+    )
 
 
 def check_roles(roles: list[str]) -> list[str]:
@@ -104,13 +106,10 @@ def list_all(session: Session) -> list[ParticipantView]:
 
 
 def find_active_by_fingerprint(session: Session, fp: str) -> ParticipantView | None:
-    p = session.scalar(
-        select(Participant).where(Participant.fingerprint == fp, Participant.revoked_at.is_(None))
-    )
+    p = session.scalar(select(Participant).where(Participant.fingerprint == fp, Participant.revoked_at.is_(None)))
     return _view(p) if p else None
 
 
 def find_by_fingerprint(session: Session, fp: str) -> ParticipantView | None:
     p = session.scalar(select(Participant).where(Participant.fingerprint == fp))
     return _view(p) if p else None
-

@@ -33,10 +33,12 @@ class IssuedIdentity:
 
 
 def _name(common_name: str, org: str = "ISN Clearinghouse") -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -53,7 +55,9 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def create_ca(common_name: str = "ISN Clearinghouse Development CA", *, now: dt.datetime | None = None) -> IssuedIdentity:
+def create_ca(
+    common_name: str = "ISN Clearinghouse Development CA", *, now: dt.datetime | None = None
+) -> IssuedIdentity:
     now = now or dt.datetime.now(dt.UTC)
     key = _new_key()
     name = _name(common_name)
@@ -66,9 +70,7 @@ def create_ca(common_name: str = "ISN Clearinghouse Development CA", *, now: dt.
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -104,13 +106,9 @@ def issue_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
     )
     if server_names:
         alt: list[x509.GeneralName] = []
@@ -127,9 +125,7 @@ def issue_certificate(
 def pkcs12_bundle(identity: IssuedIdentity, ca_cert_pem: bytes, name: str, password: bytes | None) -> bytes:
     """A PKCS#12 file (key, certificate and CA) for Java edges; ``password`` None means unencrypted."""
     key = serialization.load_pem_private_key(identity.key_pem, password=None)
-    encryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    )
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     return pkcs12.serialize_key_and_certificates(
         name.encode(),
         key,  # type: ignore[arg-type]

@@ -18,13 +18,18 @@ def success_response() -> etree._Element:
 def error_response(root_tag: str, error: XdsError) -> etree._Element:
     """A response of type ``root_tag`` (rs:RegistryResponse or query:AdhocQueryResponse) with status
     Failure and one rs:RegistryError per error item."""
-    root = etree.Element(root_tag, nsmap={"rs": NS["rs"], "query": NS["query"], "rim": NS["rim"]},
-                         status=STATUS_FAILURE)
+    root = etree.Element(
+        root_tag, nsmap={"rs": NS["rs"], "query": NS["query"], "rim": NS["rim"]}, status=STATUS_FAILURE
+    )
     errors = etree.SubElement(root, qname("rs", "RegistryErrorList"))
     for item in error.items:
         etree.SubElement(
-            errors, qname("rs", "RegistryError"), errorCode=item.code, codeContext=item.context,
-            location=item.location, severity=item.severity,
+            errors,
+            qname("rs", "RegistryError"),
+            errorCode=item.code,
+            codeContext=item.context,
+            location=item.location,
+            severity=item.severity,
         )
     if root_tag == qname("query", "AdhocQueryResponse"):
         etree.SubElement(root, qname("rim", "RegistryObjectList"))

@@ -81,9 +81,7 @@ def _pbkdf2_sha256_v1(
         raise TypeError("salt must be a str (the network-wide salt from configuration)")
     salt_bytes = salt.encode("utf-8")
     if len(salt_bytes) < PBKDF2_MIN_SALT_BYTES:
-        raise ValueError(
-            f"salt must be at least {PBKDF2_MIN_SALT_BYTES} bytes of UTF-8, got {len(salt_bytes)}"
-        )
+        raise ValueError(f"salt must be at least {PBKDF2_MIN_SALT_BYTES} bytes of UTF-8, got {len(salt_bytes)}")
     # bool is an int subclass; True iterations would be a silent misconfiguration.
     if not isinstance(iterations, int) or isinstance(iterations, bool):
         raise TypeError("iterations must be an int")
@@ -198,8 +196,7 @@ def compute_rsna_id(
     if unknown:
         accepted = ", ".join(sorted(algo.params)) or "none"
         raise ValueError(
-            f"algorithm {algo.name!r} does not take parameter(s) {', '.join(sorted(unknown))}; "
-            f"it accepts: {accepted}"
+            f"algorithm {algo.name!r} does not take parameter(s) {', '.join(sorted(unknown))}; it accepts: {accepted}"
         )
     missing = algo.required_params - set(params)
     if missing:

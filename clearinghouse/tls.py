@@ -28,14 +28,16 @@ from clearinghouse.pki import fingerprint, subject_of
 log = logging.getLogger("clearinghouse.tls")
 
 # RFC 9325 section 4.2 recommended TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults, all AEAD).
-BCP195_TLS12_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "DHE-RSA-AES128-GCM-SHA256",
-    "DHE-RSA-AES256-GCM-SHA384",
-])
+BCP195_TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+    ]
+)
 
 # Verification errors that only say "the issuer is not one of our CAs": tolerable for a
 # certificate that was imported (pinned) by an administrator, fatal for anything else.
@@ -68,7 +70,9 @@ class TrustPolicy:
         with self._sessions() as session:
             return participants.find_by_fingerprint(session, fingerprint(cert))
 
-    def judge(self, leaf: x509.Certificate, errors: list[tuple[int, int]]) -> tuple[participants.ParticipantView | None, str]:
+    def judge(
+        self, leaf: x509.Certificate, errors: list[tuple[int, int]]
+    ) -> tuple[participants.ParticipantView | None, str]:
         """Return (participant, "") when accepted, (None, reason) when refused."""
         fatal = [(d, e) for d, e in errors if e not in _UNTRUSTED_ISSUER_ERRORS]
         if fatal:
@@ -115,9 +119,7 @@ class ServerTLS:
         ctx.load_verify_locations(str(ca_path))
         # No client CA list is sent, so that a site whose certificate comes from its own CA
         # (imported here) still presents it.
-        ctx.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, self._verify
-        )
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, self._verify)
         ctx.set_session_id(b"isn-clearinghouse")
         self.context = ctx
 
@@ -140,7 +142,8 @@ class ServerTLS:
     def accept(self, sock: socket.socket) -> tuple[TlsStream, Peer]:
         """Handshake on an accepted TCP socket (blocking, bounded by HANDSHAKE_TIMEOUT)."""
         try:
-            address = "%s:%s" % sock.getpeername()[:2]
+            host, port = sock.getpeername()[:2]
+            address = f"{host}:{port}"
         except OSError:
             address = "?"
         _set_kernel_timeouts(sock, HANDSHAKE_TIMEOUT)
@@ -269,7 +272,9 @@ class TlsStream:
         _close_quietly(self.conn, self.sock)
 
 
-def client_context(ca_path: Path | str, cert_path: Path | str | None = None, key_path: Path | str | None = None) -> ssl.SSLContext:
+def client_context(
+    ca_path: Path | str, cert_path: Path | str | None = None, key_path: Path | str | None = None
+) -> ssl.SSLContext:
     """A stdlib client context for talking to a clearinghouse (tests, simulators, remote registry)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

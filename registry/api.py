@@ -45,9 +45,7 @@ def _register_once(session: Session, sub: md.Submission, static_errors: list[Reg
     store.save_submission(session, resolved, already_registered=set(registered), now=now)
 
 
-def register_document_set(
-    session_factory: sessionmaker[Session], settings: Settings, request: etree._Element
-) -> None:
+def register_document_set(session_factory: sessionmaker[Session], settings: Settings, request: etree._Element) -> None:
     """ITI-42 Register Document Set-b.
 
     ``request`` is the ``lcm:SubmitObjectsRequest``. Validates it completely (raising one XdsError
@@ -70,9 +68,7 @@ def register_document_set(
     )
 
 
-def stored_query(
-    session_factory: sessionmaker[Session], settings: Settings, request: etree._Element
-) -> etree._Element:
+def stored_query(session_factory: sessionmaker[Session], settings: Settings, request: etree._Element) -> etree._Element:
     """ITI-18 Registry Stored Query.
 
     ``request`` is the ``query:AdhocQueryRequest``; the answer is a ``query:AdhocQueryResponse``

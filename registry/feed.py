@@ -37,8 +37,9 @@ class PatientIdentityFeed:
     def handle(self, peer: Peer, data: bytes) -> bytes:
         if not peer.has_role(NEEDED_ROLE):
             denied = AccessDenied(peer.subject, "ITI-8 Patient Identity Feed", NEEDED_ROLE)
-            log.warning("ITI-8 refused: peer %r (participant %r) lacks role %r", peer.subject,
-                        peer.participant, NEEDED_ROLE)
+            log.warning(
+                "ITI-8 refused: peer %r (participant %r) lacks role %r", peer.subject, peer.participant, NEEDED_ROLE
+            )
             error = HL7Error(str(denied), ack_code="AR", error_code="207")
             return hl7.build_ack(hl7.header_of(data), "AR", error=error)
         msg: hl7.Message | None = None
@@ -59,8 +60,15 @@ class PatientIdentityFeed:
         return hl7.build_ack(msg, "AA")
 
     def _refuse(self, peer: Peer, msg: hl7.Message | None, exc: HL7Error) -> bytes:
-        log.info("ITI-8 %s from %r: %s %s at %s: %s", _describe(msg), peer.subject, exc.ack_code,
-                 exc.error_code, exc.location or "-", exc.text)
+        log.info(
+            "ITI-8 %s from %r: %s %s at %s: %s",
+            _describe(msg),
+            peer.subject,
+            exc.ack_code,
+            exc.error_code,
+            exc.location or "-",
+            exc.text,
+        )
         return hl7.build_ack(msg, exc.ack_code, error=exc)
 
     def _apply(self, session: Session, msg: hl7.Message) -> str:
@@ -77,21 +85,25 @@ class PatientIdentityFeed:
         # ADT_A39 structure: one PID and one MRG per patient group, in order.
         pids, mrgs = msg.segments("PID"), msg.segments("MRG")
         if not pids or len(pids) != len(mrgs):
-            raise HL7Error("A40 needs one PID and one MRG segment per merged patient",
-                           ack_code="AE", error_code="100", location="MRG" if pids else "PID")
+            raise HL7Error(
+                "A40 needs one PID and one MRG segment per merged patient",
+                ack_code="AE",
+                error_code="100",
+                location="MRG" if pids else "PID",
+            )
         for n, (pid, mrg) in enumerate(zip(pids, mrgs, strict=True), 1):
             surviving = self._domain_ids(pid, 3, f"PID^{n}^3")[0]
             prior = self._domain_ids(mrg, 1, f"MRG^{n}^1")[0]
-            merge_patients(session, surviving, prior,
-                           surviving_location=f"PID^{n}^3", prior_location=f"MRG^{n}^1")
+            merge_patients(session, surviving, prior, surviving_location=f"PID^{n}^3", prior_location=f"MRG^{n}^1")
         return f"{len(pids)} merge(s)"
 
     def _domain_ids(self, seg: hl7.Segment, field: int, location: str) -> list[str]:
         """The affinity-domain identifiers among the CX repetitions of ``field``, as ID^^^&OID&ISO."""
         count = seg.repetition_count(field)
         if count == 0:
-            raise HL7Error(f"{location} (patient identifier) is empty", ack_code="AE", error_code="101",
-                           location=location)
+            raise HL7Error(
+                f"{location} (patient identifier) is empty", ack_code="AE", error_code="101", location=location
+            )
         ids = []
         for rep in range(1, count + 1):
             oid, kind = seg.get(field, 4, rep, 2), seg.get(field, 4, rep, 3)
@@ -99,15 +111,22 @@ class PatientIdentityFeed:
                 continue
             value = seg.get(field, 1, rep)
             cx = f"{value}^^^&{oid}&ISO"
-            bad = not value or len(cx) > MAX_ID_LENGTH or any(
-                c in _FORBIDDEN_IN_ID or ord(c) < 0x20 for c in value)
+            bad = not value or len(cx) > MAX_ID_LENGTH or any(c in _FORBIDDEN_IN_ID or ord(c) < 0x20 for c in value)
             if bad:
-                raise HL7Error(f"{location} repetition {rep} holds an empty or invalid identifier",
-                               ack_code="AE", error_code="102", location=location)
+                raise HL7Error(
+                    f"{location} repetition {rep} holds an empty or invalid identifier",
+                    ack_code="AE",
+                    error_code="102",
+                    location=location,
+                )
             ids.append(cx)
         if not ids:
-            raise HL7Error(f"no identifier in {location} is assigned by the affinity domain {self._oid}",
-                           ack_code="AE", error_code="204", location=location)
+            raise HL7Error(
+                f"no identifier in {location} is assigned by the affinity domain {self._oid}",
+                ack_code="AE",
+                error_code="204",
+                location=location,
+            )
         return ids
 
 

@@ -31,9 +31,7 @@ DOCUMENT_ENTRY_TYPES = (STABLE_DOCUMENT_ENTRY, ON_DEMAND_DOCUMENT_ENTRY)
 SUBMISSION_SET_NODE = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
 FOLDER_NODE = "urn:uuid:d9d542f3-6cc4-48b6-8870-ea235fbc94c2"
 OBJECT_TYPE_CLASSIFICATION = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:Classification"
-OBJECT_TYPE_EXTERNAL_IDENTIFIER = (
-    "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:ExternalIdentifier"
-)
+OBJECT_TYPE_EXTERNAL_IDENTIFIER = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:ExternalIdentifier"
 OBJECT_TYPE_ASSOCIATION = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:Association"
 OBJECT_TYPE_REGISTRY_PACKAGE = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:RegistryPackage"
 
@@ -352,12 +350,10 @@ def _common(element: etree._Element) -> dict:
         "name": _localized(element, "Name"),
         "description": _localized(element, "Description"),
         "classifications": [
-            parse_classification(c, nested=True, owner=obj_id)
-            for c in element.findall(f"{{{RIM}}}Classification")
+            parse_classification(c, nested=True, owner=obj_id) for c in element.findall(f"{{{RIM}}}Classification")
         ],
         "external_identifiers": [
-            parse_external_identifier(e, owner=obj_id)
-            for e in element.findall(f"{{{RIM}}}ExternalIdentifier")
+            parse_external_identifier(e, owner=obj_id) for e in element.findall(f"{{{RIM}}}ExternalIdentifier")
         ],
     }
 

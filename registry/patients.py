@@ -64,8 +64,14 @@ def register_patient(session: Session, patient_id: str) -> bool:
     return True
 
 
-def merge_patients(session: Session, surviving_id: str, prior_id: str, *,
-                   surviving_location: str = "PID^1^3", prior_location: str = "MRG^1^1") -> None:
+def merge_patients(
+    session: Session,
+    surviving_id: str,
+    prior_id: str,
+    *,
+    surviving_location: str = "PID^1^3",
+    prior_location: str = "MRG^1^1",
+) -> None:
     """Merge ``prior_id`` into ``surviving_id`` (A40). The surviving patient is created if unknown.
 
     Raises HL7Error AE 204 when the prior identifier was never fed (there is nothing to merge, and
@@ -73,16 +79,28 @@ def merge_patients(session: Session, surviving_id: str, prior_id: str, *,
     itself merged away (merging into it would make a cycle or a chain); AE 102 when both are equal.
     """
     if surviving_id == prior_id:
-        raise HL7Error("the prior (MRG-1) and surviving (PID-3) identifiers are the same",
-                       ack_code="AE", error_code="102", location=prior_location)
+        raise HL7Error(
+            "the prior (MRG-1) and surviving (PID-3) identifiers are the same",
+            ack_code="AE",
+            error_code="102",
+            location=prior_location,
+        )
     prior = _find(session, prior_id)
     if prior is None:
-        raise HL7Error("the prior patient identifier (MRG-1) is not known to the registry",
-                       ack_code="AE", error_code="204", location=prior_location)
+        raise HL7Error(
+            "the prior patient identifier (MRG-1) is not known to the registry",
+            ack_code="AE",
+            error_code="204",
+            location=prior_location,
+        )
     surviving = _find(session, surviving_id)
     if surviving is not None and surviving.status != ACTIVE:
-        raise HL7Error("the surviving patient identifier (PID-3) was itself merged into another patient",
-                       ack_code="AE", error_code="204", location=surviving_location)
+        raise HL7Error(
+            "the surviving patient identifier (PID-3) was itself merged into another patient",
+            ack_code="AE",
+            error_code="204",
+            location=surviving_location,
+        )
     if surviving is None:
         register_patient(session, surviving_id)
     if prior.status == MERGED and prior.merged_into == surviving_id:

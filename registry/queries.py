@@ -289,9 +289,7 @@ def parse_slot(param: Param, raw_values: Sequence[str]) -> list[str | int]:
             raise _bad(param.name, f"malformed value {raw!r}: {exc}") from exc
         values.extend(_check_value(param, v) for v in parsed)
     if not param.multiple and len(values) > 1:
-        raise XDSStoredQueryParamNumber(
-            f"parameter {param.name} takes a single value, got {len(values)}", param.name
-        )
+        raise XDSStoredQueryParamNumber(f"parameter {param.name} takes a single value, got {len(values)}", param.name)
     return values
 
 
@@ -333,9 +331,7 @@ def check_parameter_set(spec: QuerySpec, names: set[str]) -> None:
     """Required parameters present, and exactly one of a query's alternatives."""
     for param in spec.params:
         if param.required and param.name not in names:
-            raise XDSStoredQueryParamNumber(
-                f"{spec.name}: required parameter {param.name} is missing", param.name
-            )
+            raise XDSStoredQueryParamNumber(f"{spec.name}: required parameter {param.name} is missing", param.name)
     if spec.one_of:
         given = [n for n in spec.one_of if n in names]
         if len(given) != 1:
@@ -421,9 +417,7 @@ def document_filters(req: QueryRequest) -> list[ColumnElement[bool]]:
         (O.service_start_time, "ServiceStartTime"),
         (O.service_stop_time, "ServiceStopTime"),
     ):
-        clauses += _range(
-            column, req.text(f"$XDSDocumentEntry{stem}From"), req.text(f"$XDSDocumentEntry{stem}To")
-        )
+        clauses += _range(column, req.text(f"$XDSDocumentEntry{stem}From"), req.text(f"$XDSDocumentEntry{stem}To"))
     if "$XDSDocumentEntryAuthorPerson" in req.params:
         clauses.append(_has_value("authorPerson", _author_match(req.texts("$XDSDocumentEntryAuthorPerson"))))
     if "$XDSDocumentEntryReferenceIdList" in req.params:
@@ -576,9 +570,7 @@ def get_submission_set_and_contents(
     members = {
         target: assoc
         for assoc, target in session.execute(
-            select(A.entry_uuid, A.target_uuid).where(
-                A.source_uuid == ss.entry_uuid, A.assoc_type == md.HAS_MEMBER
-            )
+            select(A.entry_uuid, A.target_uuid).where(A.source_uuid == ss.entry_uuid, A.assoc_type == md.HAS_MEMBER)
         )
     }
     targets = sorted(members)
@@ -616,9 +608,7 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
-def execute(
-    session: Session, request: etree._Element, *, max_results: int, home_community_id: str
-) -> QueryResult:
+def execute(session: Session, request: etree._Element, *, max_results: int, home_community_id: str) -> QueryResult:
     """Parse and run one stored query; errors are raised as XdsError subclasses."""
     req = parse_request(request)
     rows = RUNNERS[req.spec.id](session, req, max_results, home_community_id)
@@ -634,9 +624,7 @@ def render_objects(session: Session, result: QueryResult) -> etree._Element:
         for row in result.objects:
             etree.SubElement(object_list, f"{{{RIM}}}ObjectRef", id=row.entry_uuid)
         return object_list
-    extra = classifications_of(
-        session, [r.entry_uuid for r in result.objects if r.object_type != "Association"]
-    )
+    extra = classifications_of(session, [r.entry_uuid for r in result.objects if r.object_type != "Association"])
     for row in result.objects:
         object_list.append(row_element(row))
         for classification in extra.get(row.entry_uuid, []):

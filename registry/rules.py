@@ -144,17 +144,11 @@ def check_external_ids(obj: RegistryObject, rules: Iterable[ExternalIdRule]) -> 
     for rule in rules:
         found = obj.external_ids(rule.scheme)
         if not found:
-            errors.append(
-                _meta(obj, f"required external identifier {rule.attribute} ({rule.scheme}) is missing")
-            )
+            errors.append(_meta(obj, f"required external identifier {rule.attribute} ({rule.scheme}) is missing"))
         elif len(found) > 1:
-            errors.append(
-                _meta(obj, f"external identifier {rule.attribute} ({rule.scheme}) occurs {len(found)} times")
-            )
+            errors.append(_meta(obj, f"external identifier {rule.attribute} ({rule.scheme}) occurs {len(found)} times"))
         elif not rule.valid(found[0].value):
-            errors.append(
-                _meta(obj, f"{rule.attribute} value {found[0].value!r} is not a valid {rule.format_name}")
-            )
+            errors.append(_meta(obj, f"{rule.attribute} value {found[0].value!r} is not a valid {rule.format_name}"))
     return errors
 
 
@@ -164,9 +158,7 @@ def check_code(obj: RegistryObject, attribute: str, code: Classification) -> lis
     if not code.node_representation:
         errors.append(_meta(obj, f"{attribute} classification {code.id} has no code (nodeRepresentation)"))
     if len(code.slots.get("codingScheme", [])) != 1:
-        errors.append(
-            _meta(obj, f"{attribute} classification {code.id} needs exactly one codingScheme slot value")
-        )
+        errors.append(_meta(obj, f"{attribute} classification {code.id} needs exactly one codingScheme slot value"))
     return errors
 
 
@@ -207,9 +199,7 @@ def check_slots(obj: RegistryObject, rules: Iterable[SlotRule]) -> list[Registry
             errors.append(_meta(obj, f"slot {rule.name} must have exactly one value, has {len(values)}"))
         for value in values:
             if rule.valid is not None and not rule.valid(value):
-                errors.append(
-                    _meta(obj, f"slot {rule.name} value {value!r} is not a valid {rule.format_name}")
-                )
+                errors.append(_meta(obj, f"slot {rule.name} value {value!r} is not a valid {rule.format_name}"))
     return errors
 
 
@@ -220,9 +210,7 @@ def check_forbidden_slots(obj: RegistryObject, names: Iterable[str], why: str) -
 # --- per-object rules ----------------------------------------------------------------------------
 
 DOCUMENT_ENTRY_IDS = (
-    ExternalIdRule(
-        "XDSDocumentEntry.uniqueId", md.DE_UNIQUE_ID, is_document_unique_id, "OID or OID^extension"
-    ),
+    ExternalIdRule("XDSDocumentEntry.uniqueId", md.DE_UNIQUE_ID, is_document_unique_id, "OID or OID^extension"),
     ExternalIdRule("XDSDocumentEntry.patientId", md.DE_PATIENT_ID, is_patient_cx, "CX (ID^^^&OID&ISO)"),
 )
 DOCUMENT_ENTRY_CODES = (
@@ -305,9 +293,7 @@ def check_authors(obj: RegistryObject, scheme: str, attribute: str) -> list[Regi
         if len(author.slots.get("authorPerson", [])) > 1:
             errors.append(_meta(obj, f"{attribute} {author.id}: authorPerson must have one value"))
         if not (author.slots.get("authorPerson") or author.slots.get("authorInstitution")):
-            errors.append(
-                _meta(obj, f"{attribute} {author.id} has neither authorPerson nor authorInstitution")
-            )
+            errors.append(_meta(obj, f"{attribute} {author.id} has neither authorPerson nor authorInstitution"))
     return errors
 
 
@@ -336,8 +322,7 @@ def check_structure(sub: Submission) -> list[RegistryErrorItem]:
         errors.append(
             _meta(
                 None,
-                "the submission contains no SubmissionSet (a RegistryPackage classified "
-                f"by {md.SUBMISSION_SET_NODE})",
+                f"the submission contains no SubmissionSet (a RegistryPackage classified by {md.SUBMISSION_SET_NODE})",
             )
         )
     elif len(sub.submission_sets) > 1:
@@ -345,8 +330,7 @@ def check_structure(sub: Submission) -> list[RegistryErrorItem]:
         errors.append(
             _meta(
                 None,
-                f"the submission contains {len(sub.submission_sets)} SubmissionSets ({ids}); "
-                "exactly one is allowed",
+                f"the submission contains {len(sub.submission_sets)} SubmissionSets ({ids}); exactly one is allowed",
             )
         )
     for pkg in sub.unclassified_packages:
@@ -373,9 +357,7 @@ def check_ids(sub: Submission) -> list[RegistryErrorItem]:
     for obj_id, n in counts.items():
         if obj_id and n > 1:
             errors.append(
-                RegistryErrorItem(
-                    METADATA_ERROR, f"id {obj_id} is used by {n} objects of the submission", obj_id
-                )
+                RegistryErrorItem(METADATA_ERROR, f"id {obj_id} is used by {n} objects of the submission", obj_id)
             )
     return errors
 
@@ -392,9 +374,7 @@ def check_association(assoc: Association, sub: Submission) -> list[RegistryError
     HasMember (Original for a new entry, Reference for one already registered; ITI TF-3 4.2.2.1.2)."""
     errors = []
     if assoc.association_type not in md.ASSOCIATION_TYPES:
-        errors.append(
-            _meta(assoc, f"associationType {assoc.association_type!r} is not an XDS association type")
-        )
+        errors.append(_meta(assoc, f"associationType {assoc.association_type!r} is not an XDS association type"))
     if not assoc.source or not assoc.target:
         errors.append(_meta(assoc, "sourceObject and targetObject are both required"))
     ss = sub.submission_set
@@ -434,17 +414,14 @@ def check_membership(sub: Submission) -> list[RegistryErrorItem]:
             errors.append(
                 _meta(
                     obj,
-                    f"is not a member of SubmissionSet {ss.id} (no HasMember association "
-                    "from the SubmissionSet to it)",
+                    f"is not a member of SubmissionSet {ss.id} (no HasMember association from the SubmissionSet to it)",
                 )
             )
     for assoc in sub.associations:
         # Any other HasMember adds a document to a (new or registered) folder.
         from_folder = assoc.association_type == md.HAS_MEMBER and assoc.source != ss.id
         if from_folder and assoc.id not in members:
-            errors.append(
-                _meta(assoc, f"adds a document to a folder but is not a member of SubmissionSet {ss.id}")
-            )
+            errors.append(_meta(assoc, f"adds a document to a folder but is not a member of SubmissionSet {ss.id}"))
     return errors
 
 
@@ -459,8 +436,7 @@ def check_local_references(sub: Submission) -> list[RegistryErrorItem]:
                     _item(
                         UNRESOLVED,
                         assoc,
-                        f"{end} {ref} is neither an object of the submission "
-                        "nor a urn:uuid of a registered object",
+                        f"{end} {ref} is neither an object of the submission nor a urn:uuid of a registered object",
                     )
                 )
     for ref in sub.object_refs:
@@ -471,8 +447,7 @@ def check_local_references(sub: Submission) -> list[RegistryErrorItem]:
             errors.append(
                 RegistryErrorItem(
                     UNRESOLVED,
-                    f"Classification {c.id} classifies {c.classified_object}, "
-                    "which is not an object of the submission",
+                    f"Classification {c.id} classifies {c.classified_object}, which is not an object of the submission",
                     c.id,
                 )
             )
@@ -495,9 +470,7 @@ def check_unique_ids_in_message(sub: Submission) -> list[RegistryErrorItem]:
         if not uid:
             continue
         if uid in seen:
-            errors.append(
-                _item(DUPLICATE_IN_MESSAGE, obj, f"uniqueId {uid} is also used by {seen[uid].label()}")
-            )
+            errors.append(_item(DUPLICATE_IN_MESSAGE, obj, f"uniqueId {uid} is also used by {seen[uid].label()}"))
         else:
             seen[uid] = obj
     return errors
@@ -616,9 +589,7 @@ def check_references_exist(sub: Submission, existing: Mapping[str, KnownObject])
                 continue
             known = existing.get(ref)
             if known is None:
-                errors.append(
-                    _item(UNRESOLVED, assoc, f"{end} {ref} is not in the submission nor in the registry")
-                )
+                errors.append(_item(UNRESOLVED, assoc, f"{end} {ref} is not in the submission nor in the registry"))
             elif patient and known.patient_id and known.patient_id != patient:
                 errors.append(
                     _item(
@@ -643,21 +614,15 @@ def check_replacements(sub: Submission, existing: Mapping[str, KnownObject]) -> 
             continue
         if assoc.source not in new_docs:
             errors.append(
-                _meta(
-                    assoc, "the replacing document (sourceObject) must be a DocumentEntry of this submission"
-                )
+                _meta(assoc, "the replacing document (sourceObject) must be a DocumentEntry of this submission")
             )
         target = existing.get(assoc.target)
         if target is None:
             continue  # check_references_exist reports it
         if target.object_type != "DocumentEntry":
-            errors.append(
-                _meta(assoc, f"targetObject {assoc.target} is a {target.object_type}, not a DocumentEntry")
-            )
+            errors.append(_meta(assoc, f"targetObject {assoc.target} is a {target.object_type}, not a DocumentEntry"))
         elif target.status != md.APPROVED:
-            errors.append(
-                _meta(assoc, f"targetObject {assoc.target} is not Approved (status {target.status})")
-            )
+            errors.append(_meta(assoc, f"targetObject {assoc.target} is not Approved (status {target.status})"))
     return errors
 
 
@@ -676,14 +641,11 @@ def check_folder_membership(sub: Submission, existing: Mapping[str, KnownObject]
             errors.append(
                 _meta(
                     assoc,
-                    f"HasMember source {assoc.source} is a {source}; only the SubmissionSet "
-                    "and Folders have members",
+                    f"HasMember source {assoc.source} is a {source}; only the SubmissionSet and Folders have members",
                 )
             )
         if source == "Folder" and target is not None and target != "DocumentEntry":
-            errors.append(
-                _meta(assoc, f"a Folder can only contain DocumentEntries, {assoc.target} is a {target}")
-            )
+            errors.append(_meta(assoc, f"a Folder can only contain DocumentEntries, {assoc.target} is a {target}"))
     return errors
 
 
@@ -713,9 +675,7 @@ def check_unique_ids_in_registry(
             or any(h.object_type != "DocumentEntry" or h.hash is None for h in holders)
         ):
             kinds = ", ".join(sorted({h.object_type for h in holders}))
-            errors.append(
-                _item(DUPLICATE_IN_REGISTRY, obj, f"uniqueId {uid} is already registered ({kinds})")
-            )
+            errors.append(_item(DUPLICATE_IN_REGISTRY, obj, f"uniqueId {uid} is already registered ({kinds})"))
             continue
         digest, size = obj.slot_value("hash"), obj.slot_value("size")
         if any(not _same(h.hash, digest) for h in holders):
@@ -723,8 +683,7 @@ def check_unique_ids_in_registry(
                 _item(
                     NON_IDENTICAL_HASH,
                     obj,
-                    f"uniqueId {uid} is already registered with hash "
-                    f"{holders[0].hash}, this submission has {digest}",
+                    f"uniqueId {uid} is already registered with hash {holders[0].hash}, this submission has {digest}",
                 )
             )
         elif any(size is not None and h.size is not None and str(h.size) != size for h in holders):
@@ -732,8 +691,7 @@ def check_unique_ids_in_registry(
                 _item(
                     NON_IDENTICAL_SIZE,
                     obj,
-                    f"uniqueId {uid} is already registered with size "
-                    f"{holders[0].size}, this submission has {size}",
+                    f"uniqueId {uid} is already registered with size {holders[0].size}, this submission has {size}",
                 )
             )
     return errors

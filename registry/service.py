@@ -37,9 +37,28 @@ def registry_endpoint(settings: Settings, sessions: sessionmaker[Session]) -> So
             return SoapResult(error_response(qname("query", "AdhocQueryResponse"), exc))
         return SoapResult(body)
 
-    return SoapEndpoint("DocumentRegistry", NS["xdsb"], [
-        Operation("DocumentRegistry_RegisterDocumentSet-b", "ITI-42", ITI42_ACTION, ITI42_ACTION + "Response",
-                  qname("lcm", "SubmitObjectsRequest"), "source", register),
-        Operation("DocumentRegistry_RegistryStoredQuery", "ITI-18", ITI18_ACTION, ITI18_ACTION + "Response",
-                  qname("query", "AdhocQueryRequest"), "consumer", query),
-    ], settings)
+    return SoapEndpoint(
+        "DocumentRegistry",
+        NS["xdsb"],
+        [
+            Operation(
+                "DocumentRegistry_RegisterDocumentSet-b",
+                "ITI-42",
+                ITI42_ACTION,
+                ITI42_ACTION + "Response",
+                qname("lcm", "SubmitObjectsRequest"),
+                "source",
+                register,
+            ),
+            Operation(
+                "DocumentRegistry_RegistryStoredQuery",
+                "ITI-18",
+                ITI18_ACTION,
+                ITI18_ACTION + "Response",
+                qname("query", "AdhocQueryRequest"),
+                "consumer",
+                query,
+            ),
+        ],
+        settings,
+    )

@@ -90,9 +90,7 @@ def submission_entry_ids(sub: Submission) -> set[str]:
 
 
 def submission_unique_ids(sub: Submission) -> set[str]:
-    return {
-        uid for obj in [*sub.submission_sets, *sub.folders, *sub.document_entries] if (uid := obj.unique_id)
-    }
+    return {uid for obj in [*sub.submission_sets, *sub.folders, *sub.document_entries] if (uid := obj.unique_id)}
 
 
 # --- rows from parsed objects --------------------------------------------------------------------
@@ -107,9 +105,7 @@ def _size(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def object_row(
-    obj: RegistryObject, submission_set_uuid: str | None, created_at: datetime
-) -> RegistryObjectRow:
+def object_row(obj: RegistryObject, submission_set_uuid: str | None, created_at: datetime) -> RegistryObjectRow:
     """The row for one resolved object: its verbatim XML and its query columns."""
     row = RegistryObjectRow(
         entry_uuid=obj.id,

@@ -26,13 +26,13 @@ from clearinghouse.config import Settings
 from clearinghouse.db import transaction
 from clearinghouse.errors import (
     RegistryErrorItem,
+    XdsError,
     XDSMissingDocument,
     XDSMissingDocumentMetadata,
     XDSNonIdenticalHash,
     XDSRepositoryDuplicateUniqueIdInMessage,
     XDSRepositoryError,
     XDSRepositoryMetadataError,
-    XdsError,
 )
 from clearinghouse.soap.mtom import MtomMessage, is_xop_include
 from clearinghouse.xmlsafe import NS, qname
@@ -107,15 +107,14 @@ def _spool_inline(text: str, spool_dir: Path, limit: int) -> tuple[Path, int, st
     return Path(name), size, sha.hexdigest()
 
 
-def collect_documents(request: etree._Element, mtom: MtomMessage | None, settings: Settings) -> tuple[etree._Element, list[IncomingDocument]]:
+def collect_documents(
+    request: etree._Element, mtom: MtomMessage | None, settings: Settings
+) -> tuple[etree._Element, list[IncomingDocument]]:
     """Pair each DocumentEntry with its Document and bring every document's bytes to a spool file."""
     sor = request.find("lcm:SubmitObjectsRequest", NS)
     if sor is None:
         raise XDSRepositoryError("ProvideAndRegisterDocumentSetRequest has no lcm:SubmitObjectsRequest")
-    entries = {
-        eo.get("id", ""): eo
-        for eo in sor.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NS)
-    }
+    entries = {eo.get("id", ""): eo for eo in sor.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NS)}
     docs = request.findall("xdsb:Document", NS)
     by_id: dict[str, etree._Element] = {}
     errors: list[RegistryErrorItem] = []
@@ -126,12 +125,18 @@ def collect_documents(request: etree._Element, mtom: MtomMessage | None, setting
         by_id[did] = d
     for did in by_id:
         if did not in entries:
-            errors.append(RegistryErrorItem(
-                XDSMissingDocumentMetadata.code, f"Document {did!r} has no matching DocumentEntry (ExtrinsicObject)", did))
+            errors.append(
+                RegistryErrorItem(
+                    XDSMissingDocumentMetadata.code,
+                    f"Document {did!r} has no matching DocumentEntry (ExtrinsicObject)",
+                    did,
+                )
+            )
     for eid in entries:
         if eid not in by_id:
-            errors.append(RegistryErrorItem(
-                XDSMissingDocument.code, f"DocumentEntry {eid!r} has no attached Document", eid))
+            errors.append(
+                RegistryErrorItem(XDSMissingDocument.code, f"DocumentEntry {eid!r} has no attached Document", eid)
+            )
     if errors:
         raise XdsError.many(errors)
 
@@ -165,28 +170,46 @@ def check_and_complete(documents: list[IncomingDocument], repository_unique_id: 
     for d in documents:
         where = f"DocumentEntry {d.entry_id} (uniqueId {d.unique_id or '?'})"
         if d.unique_id and d.unique_id in seen:
-            errors.append(RegistryErrorItem(
-                XDSRepositoryDuplicateUniqueIdInMessage.code, f"{where}: uniqueId used twice in this submission", d.entry_id))
+            errors.append(
+                RegistryErrorItem(
+                    XDSRepositoryDuplicateUniqueIdInMessage.code,
+                    f"{where}: uniqueId used twice in this submission",
+                    d.entry_id,
+                )
+            )
         seen.add(d.unique_id)
         if not d.unique_id:
-            errors.append(RegistryErrorItem(
-                XDSRepositoryMetadataError.code,
-                f"{where}: external identifier XDSDocumentEntry.uniqueId ({DOCUMENT_ENTRY_UNIQUE_ID}) is required",
-                d.entry_id))
+            errors.append(
+                RegistryErrorItem(
+                    XDSRepositoryMetadataError.code,
+                    f"{where}: external identifier XDSDocumentEntry.uniqueId ({DOCUMENT_ENTRY_UNIQUE_ID}) is required",
+                    d.entry_id,
+                )
+            )
         hashes = _slot_values(d.extrinsic, "hash")
         if hashes and hashes[0].strip().lower() != d.sha1:
-            errors.append(RegistryErrorItem(
-                XDSRepositoryMetadataError.code,
-                f"{where}: hash slot {hashes[0]!r} does not match the SHA-1 of the document received ({d.sha1})",
-                d.entry_id))
+            errors.append(
+                RegistryErrorItem(
+                    XDSRepositoryMetadataError.code,
+                    f"{where}: hash slot {hashes[0]!r} does not match the SHA-1 of the document received ({d.sha1})",
+                    d.entry_id,
+                )
+            )
         sizes = _slot_values(d.extrinsic, "size")
         if sizes and sizes[0].strip() != str(d.size):
-            errors.append(RegistryErrorItem(
-                XDSRepositoryMetadataError.code,
-                f"{where}: size slot {sizes[0]!r} does not match the {d.size} bytes received", d.entry_id))
+            errors.append(
+                RegistryErrorItem(
+                    XDSRepositoryMetadataError.code,
+                    f"{where}: size slot {sizes[0]!r} does not match the {d.size} bytes received",
+                    d.entry_id,
+                )
+            )
         if not d.mime_type:
-            errors.append(RegistryErrorItem(
-                XDSRepositoryMetadataError.code, f"{where}: mimeType attribute is required", d.entry_id))
+            errors.append(
+                RegistryErrorItem(
+                    XDSRepositoryMetadataError.code, f"{where}: mimeType attribute is required", d.entry_id
+                )
+            )
     if errors:
         raise XdsError.many(errors)
     for d in documents:
@@ -205,7 +228,9 @@ def _check_existing(session: Session, documents: list[IncomingDocument]) -> list
         elif held.sha1 != d.sha1:
             raise XDSNonIdenticalHash(
                 f"DocumentEntry {d.entry_id} (uniqueId {d.unique_id}): a different document with this uniqueId "
-                "is already stored", d.entry_id)
+                "is already stored",
+                d.entry_id,
+            )
     return fresh
 
 
@@ -228,9 +253,16 @@ def provide_and_register(
             for d in _check_existing(session, documents):
                 key = store.put(d.path)
                 stored.append((d.unique_id, key))
-                session.add(StoredDocument(
-                    unique_id=d.unique_id, size=d.size, sha1=d.sha1, mime_type=d.mime_type, store_key=key,
-                    created_at=now))
+                session.add(
+                    StoredDocument(
+                        unique_id=d.unique_id,
+                        size=d.size,
+                        sha1=d.sha1,
+                        mime_type=d.mime_type,
+                        store_key=key,
+                        created_at=now,
+                    )
+                )
         response = register(sor)
         status = response.get("status", "")
         if not status.endswith(":Success"):

@@ -26,13 +26,23 @@ class RetrieveResult:
 
 
 def _error(errors: etree._Element, code: str, context: str, location: str) -> None:
-    etree.SubElement(errors, qname("rs", "RegistryError"), errorCode=code, codeContext=context,
-                     location=location, severity=SEVERITY_ERROR)
+    etree.SubElement(
+        errors,
+        qname("rs", "RegistryError"),
+        errorCode=code,
+        codeContext=context,
+        location=location,
+        severity=SEVERITY_ERROR,
+    )
 
 
 def retrieve_document_set(
-    request: etree._Element, *, repository_unique_id: str, home_community_id: str,
-    sessions: sessionmaker[Session], store: DocumentStore,
+    request: etree._Element,
+    *,
+    repository_unique_id: str,
+    home_community_id: str,
+    sessions: sessionmaker[Session],
+    store: DocumentStore,
 ) -> RetrieveResult:
     wanted = request.findall("xdsb:DocumentRequest", NS)
     response = etree.Element(qname("xdsb", "RetrieveDocumentSetResponse"), nsmap={"xdsb": NS["xdsb"], "rs": NS["rs"]})
@@ -40,17 +50,24 @@ def retrieve_document_set(
     errors = etree.Element(qname("rs", "RegistryErrorList"))
     attachments: list[tuple[str, str, object]] = []
     if not wanted or len(wanted) > MAX_DOCUMENTS_PER_REQUEST:
-        _error(errors, XDSRepositoryError.code,
-               f"a RetrieveDocumentSetRequest must hold 1 to {MAX_DOCUMENTS_PER_REQUEST} DocumentRequest elements",
-               "RetrieveDocumentSetRequest")
+        _error(
+            errors,
+            XDSRepositoryError.code,
+            f"a RetrieveDocumentSetRequest must hold 1 to {MAX_DOCUMENTS_PER_REQUEST} DocumentRequest elements",
+            "RetrieveDocumentSetRequest",
+        )
     with sessions() as session:
         for i, req in enumerate(wanted[:MAX_DOCUMENTS_PER_REQUEST], start=1):
             repo_id = (req.findtext("xdsb:RepositoryUniqueId", namespaces=NS) or "").strip()
             doc_id = (req.findtext("xdsb:DocumentUniqueId", namespaces=NS) or "").strip()
             hcid = (req.findtext("xdsb:HomeCommunityId", namespaces=NS) or "").strip()
             if repo_id != repository_unique_id:
-                _error(errors, XDSUnknownRepositoryId.code,
-                       f"repositoryUniqueId {repo_id!r} is not this repository ({repository_unique_id})", doc_id)
+                _error(
+                    errors,
+                    XDSUnknownRepositoryId.code,
+                    f"repositoryUniqueId {repo_id!r} is not this repository ({repository_unique_id})",
+                    doc_id,
+                )
                 continue
             held = session.scalar(select(StoredDocument).where(StoredDocument.unique_id == doc_id)) if doc_id else None
             if held is None or not store.exists(held.store_key):

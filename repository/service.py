@@ -9,7 +9,7 @@ from lxml import etree
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearinghouse.config import Settings
-from clearinghouse.errors import XDSRegistryNotAvailable, XdsError
+from clearinghouse.errors import XdsError, XDSRegistryNotAvailable
 from clearinghouse.registry_response import error_response
 from clearinghouse.soap.client import SoapClient, SoapClientError
 from clearinghouse.soap.endpoint import Operation, SoapEndpoint, SoapRequest, SoapResult
@@ -43,8 +43,9 @@ class RegistryClient:
         return reply.body
 
 
-def repository_endpoint(settings: Settings, sessions: sessionmaker[Session], store: DocumentStore,
-                        registry: RegistryClient) -> SoapEndpoint:
+def repository_endpoint(
+    settings: Settings, sessions: sessionmaker[Session], store: DocumentStore, registry: RegistryClient
+) -> SoapEndpoint:
     def provide(req: SoapRequest) -> SoapResult:
         try:
             body = provide_and_register(
@@ -59,15 +60,37 @@ def repository_endpoint(settings: Settings, sessions: sessionmaker[Session], sto
 
     def retrieve(req: SoapRequest) -> SoapResult:
         result = retrieve_document_set(
-            req.body, repository_unique_id=settings.repository_unique_id,
-            home_community_id=settings.home_community_id, sessions=sessions, store=store,
+            req.body,
+            repository_unique_id=settings.repository_unique_id,
+            home_community_id=settings.home_community_id,
+            sessions=sessions,
+            store=store,
         )
         log.info("ITI-43 by %s: %d document(s)", req.peer.participant, len(result.attachments))
         return SoapResult(result.body, result.attachments, force_mtom=True)
 
-    return SoapEndpoint("DocumentRepository", NS["xdsb"], [
-        Operation("DocumentRepository_ProvideAndRegisterDocumentSet-b", "ITI-41", ITI41_ACTION,
-                  ITI41_ACTION + "Response", qname("xdsb", "ProvideAndRegisterDocumentSetRequest"), "source", provide),
-        Operation("DocumentRepository_RetrieveDocumentSet", "ITI-43", ITI43_ACTION, ITI43_ACTION + "Response",
-                  qname("xdsb", "RetrieveDocumentSetRequest"), "consumer", retrieve),
-    ], settings)
+    return SoapEndpoint(
+        "DocumentRepository",
+        NS["xdsb"],
+        [
+            Operation(
+                "DocumentRepository_ProvideAndRegisterDocumentSet-b",
+                "ITI-41",
+                ITI41_ACTION,
+                ITI41_ACTION + "Response",
+                qname("xdsb", "ProvideAndRegisterDocumentSetRequest"),
+                "source",
+                provide,
+            ),
+            Operation(
+                "DocumentRepository_RetrieveDocumentSet",
+                "ITI-43",
+                ITI43_ACTION,
+                ITI43_ACTION + "Response",
+                qname("xdsb", "RetrieveDocumentSetRequest"),
+                "consumer",
+                retrieve,
+            ),
+        ],
+        settings,
+    )

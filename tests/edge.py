@@ -8,10 +8,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import xds_samples as xs
 from lxml import etree
 from pydicom.data import get_testdata_file
 
-import xds_samples as xs
 from clearinghouse.rsna_id import compute_rsna_id, patient_cx
 from clearinghouse.soap.client import SoapClient, SoapReply
 from clearinghouse.soap.mtom import cid_href, content_id_for
@@ -76,8 +76,9 @@ def study(patient_id: str, *, report: bool = True, samples: list[str] | None = N
     if report:
         text = b"FINDINGS: No acute abnormality.\nIMPRESSION: Normal study.\n"
         uid = xs.new_oid()
-        docs.append(xs.DocSpec(unique_id=uid, mime_type="text/plain", content=text, title="Report",
-                               class_code=xs.CLASS_REPORTS))
+        docs.append(
+            xs.DocSpec(unique_id=uid, mime_type="text/plain", content=text, title="Report", class_code=xs.CLASS_REPORTS)
+        )
         contents[uid] = text
     return Study(patient_id, docs, contents)
 

@@ -56,8 +56,10 @@ def _wait_for_endpoints(proc: subprocess.Popen, timeout: float = 60) -> dict[str
 
 def _connects(port: int, ctx: ssl.SSLContext) -> bool:
     try:
-        with socket.create_connection(("localhost", port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        with (
+            socket.create_connection(("localhost", port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
             tls.sendall(b"GET /xds/registry?wsdl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             return tls.recv(12).startswith(b"HTTP/1.1 200")
     except (ssl.SSLError, OSError):
@@ -66,16 +68,20 @@ def _connects(port: int, ctx: ssl.SSLContext) -> bool:
 
 def test_serve_participants_and_clean_shutdown(tmp_path):
     home, out = tmp_path / "home", tmp_path / "certs"
-    added = run("participants", "add", "site-edge", "--role", "source", "--role", "consumer", "--out", str(out),
-                home=home).stdout
+    added = run(
+        "participants", "add", "site-edge", "--role", "source", "--role", "consumer", "--out", str(out), home=home
+    ).stdout
     assert "site-edge" in added
     for name in ("site-edge.key.pem", "site-edge.cert.pem", "ca.cert.pem", "site-edge.p12"):
         assert (out / name).exists()
     assert (out / "site-edge.key.pem").stat().st_mode & 0o077 == 0
     password = (out / "site-edge.p12.password").read_text().strip().encode()
     key, cert, extra = pkcs12.load_key_and_certificates((out / "site-edge.p12").read_bytes(), password)
-    assert key is not None and cert.subject.rfc4514_string().endswith("CN=site-edge") or "CN=site-edge" in \
-        cert.subject.rfc4514_string()
+    assert (
+        key is not None
+        and cert.subject.rfc4514_string().endswith("CN=site-edge")
+        or "CN=site-edge" in cert.subject.rfc4514_string()
+    )
     assert len(extra) == 1  # the CA
 
     other_ca = pki.create_ca("Site B CA")
@@ -83,15 +89,29 @@ def test_serve_participants_and_clean_shutdown(tmp_path):
     (tmp_path / "b.cert.pem").write_bytes(imported.cert_pem)
     pki.write_private(tmp_path / "b.key.pem", imported.key_pem)
     run("participants", "import", "site-b", "--cert", str(tmp_path / "b.cert.pem"), "--role", "consumer", home=home)
-    dup = run("participants", "import", "site-b2", "--cert", str(tmp_path / "b.cert.pem"), "--role", "consumer",
-              home=home, check=False)
+    dup = run(
+        "participants",
+        "import",
+        "site-b2",
+        "--cert",
+        str(tmp_path / "b.cert.pem"),
+        "--role",
+        "consumer",
+        home=home,
+        check=False,
+    )
     assert dup.returncode == 2 and "already registered" in dup.stderr
     bad_role = run("participants", "add", "x", "--role", "wizard", "--out", str(out), home=home, check=False)
     assert bad_role.returncode == 2 and "wizard" in bad_role.stderr
 
     env = {**os.environ, "CLEARINGHOUSE_HOME": str(home)}
-    proc = subprocess.Popen([*CLI, "serve", "--https-port", "0", "--feed-port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--https-port", "0", "--feed-port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         endpoints = _wait_for_endpoints(proc)
         assert endpoints["CA certificate"] == str((home / "pki" / "ca.cert.pem").resolve())

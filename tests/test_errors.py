@@ -159,18 +159,39 @@ def test_retrieve_partial_success_and_unknown_repository(clearinghouse):
     assert "XDSUnknownRepositoryId" in _codes(got)
 
 
-@pytest.mark.parametrize("query, code", [
-    (lambda p: xs.query(xs.FIND_DOCUMENTS, {"$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED])}),
-     "XDSStoredQueryParamNumber"),
-    (lambda p: xs.query("urn:uuid:00000000-0000-0000-0000-000000000000", {"$patientId": xs.quoted(p)}),
-     "XDSUnknownStoredQuery"),
-    (lambda p: xs.query(xs.GET_DOCUMENTS, {
-        "$XDSDocumentEntryUniqueId": xs.quoted_list(["1.2"]), "$XDSDocumentEntryEntryUUID": xs.quoted_list(["urn:uuid:x"])}),
-     "XDSStoredQueryParamNumber"),
-    (lambda p: xs.query(xs.FIND_DOCUMENTS, {"$XDSDocumentEntryPatientId": "'unterminated",
-                                             "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED])}),
-     "XDSRegistryError"),
-])
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        (
+            lambda p: xs.query(xs.FIND_DOCUMENTS, {"$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED])}),
+            "XDSStoredQueryParamNumber",
+        ),
+        (
+            lambda p: xs.query("urn:uuid:00000000-0000-0000-0000-000000000000", {"$patientId": xs.quoted(p)}),
+            "XDSUnknownStoredQuery",
+        ),
+        (
+            lambda p: xs.query(
+                xs.GET_DOCUMENTS,
+                {
+                    "$XDSDocumentEntryUniqueId": xs.quoted_list(["1.2"]),
+                    "$XDSDocumentEntryEntryUUID": xs.quoted_list(["urn:uuid:x"]),
+                },
+            ),
+            "XDSStoredQueryParamNumber",
+        ),
+        (
+            lambda p: xs.query(
+                xs.FIND_DOCUMENTS,
+                {
+                    "$XDSDocumentEntryPatientId": "'unterminated",
+                    "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED]),
+                },
+            ),
+            "XDSRegistryError",
+        ),
+    ],
+)
 def test_stored_query_parameter_errors(clearinghouse, query, code):
     patient = _fed_patient(clearinghouse)
     reply = clearinghouse.soap("phr", "/xds/registry").call(edge.ITI18, query(patient))

@@ -51,8 +51,9 @@ class TestParse:
         assert [s.name for s in msg.segments()] == ["MSH", "EVN", "PID"]
 
     def test_custom_separators(self):
-        data = (b"MSH#$*@%#SRC#SITE#CH#ISN#20260101##ADT$A04#C9#P#2.5\r"
-                b"PID###ID1$$$%1.2.3%ISO*ID2$$$%4.5.6%ISO##A@S@B$C\r")
+        data = (
+            b"MSH#$*@%#SRC#SITE#CH#ISN#20260101##ADT$A04#C9#P#2.5\rPID###ID1$$$%1.2.3%ISO*ID2$$$%4.5.6%ISO##A@S@B$C\r"
+        )
         msg = hl7.parse_message(data)
         assert msg.separators == hl7.Separators("#", "$", "*", "@", "%")
         assert (msg.message_type, msg.trigger_event, msg.control_id) == ("ADT", "A04", "C9")
@@ -106,19 +107,22 @@ class TestParse:
 
 
 class TestMalformed:
-    @pytest.mark.parametrize("data, code, location", [
-        (b"", "100", "MSH"),
-        (b"PID|||X\r", "100", "MSH"),
-        (b"EVN|A01\rMSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5\r", "100", "MSH"),
-        (b"MSH|^~|A|B\r", "102", "MSH^1^2"),
-        (b"MSH|^~\\^|A|B\r", "102", "MSH^1^2"),
-        (b"MSHA^~\\&|A\r", "102", "MSH^1^2"),
-        (b"MSH|^~\\&|A|B|C|D|2026|||1|P|2.5\r", "101", "MSH^1^9"),
-        (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01||P|2.5\r", "101", "MSH^1^10"),
-        (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P\r", "101", "MSH^1^12"),
-        (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.4\r", "203", "MSH^1^12"),
-        (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5\rMSH|^~\\&|A\r", "100", "MSH^2"),
-    ])
+    @pytest.mark.parametrize(
+        "data, code, location",
+        [
+            (b"", "100", "MSH"),
+            (b"PID|||X\r", "100", "MSH"),
+            (b"EVN|A01\rMSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5\r", "100", "MSH"),
+            (b"MSH|^~|A|B\r", "102", "MSH^1^2"),
+            (b"MSH|^~\\^|A|B\r", "102", "MSH^1^2"),
+            (b"MSHA^~\\&|A\r", "102", "MSH^1^2"),
+            (b"MSH|^~\\&|A|B|C|D|2026|||1|P|2.5\r", "101", "MSH^1^9"),
+            (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01||P|2.5\r", "101", "MSH^1^10"),
+            (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P\r", "101", "MSH^1^12"),
+            (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.4\r", "203", "MSH^1^12"),
+            (b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5\rMSH|^~\\&|A\r", "100", "MSH^2"),
+        ],
+    )
     def test_header_errors_are_rejects(self, data, code, location):
         with pytest.raises(hl7.MalformedMessage) as exc:
             hl7.parse_message(data)
@@ -157,8 +161,20 @@ class TestAck:
         ack = hl7.build_ack(hl7.parse_message(adt()), "AA", now=NOW, control_id="ACK1")
         assert ack.endswith(b"\r")
         msh, msa = segments(ack)
-        assert msh == ["MSH", "^~\\&", "CLEARINGHOUSE", "ISN", "SRC", "SITE", "20260102030405+0000", "",
-                       "ACK^A01^ACK", "ACK1", "P", "2.3.1"]
+        assert msh == [
+            "MSH",
+            "^~\\&",
+            "CLEARINGHOUSE",
+            "ISN",
+            "SRC",
+            "SITE",
+            "20260102030405+0000",
+            "",
+            "ACK^A01^ACK",
+            "ACK1",
+            "P",
+            "2.3.1",
+        ]
         assert msa == ["MSA", "AA", "CTRL1"]
 
     def test_error_231(self):
@@ -171,8 +187,17 @@ class TestAck:
         err = HL7Error("no identifier in the affinity domain", error_code="204", location="PID^1^3")
         msh, msa, er = segments(hl7.build_ack(hl7.parse_message(adt("2.5")), "AE", error=err))
         assert msh[11] == "2.5" and msa == ["MSA", "AE", "CTRL1"]
-        assert er == ["ERR", "", "PID^1^3", "204^Unknown key identifier^HL70357", "E", "", "", "",
-                      "no identifier in the affinity domain"]
+        assert er == [
+            "ERR",
+            "",
+            "PID^1^3",
+            "204^Unknown key identifier^HL70357",
+            "E",
+            "",
+            "",
+            "",
+            "no identifier in the affinity domain",
+        ]
 
     def test_text_is_escaped(self):
         err = HL7Error("bad | value ^ with\rCR", ack_code="AR", error_code="207")
@@ -193,8 +218,7 @@ class TestAck:
         assert parsed.get("ERR", 8) == "Zoë # $" and parsed.get("ERR", 3, 1) == "207"
 
     def test_unparseable_request(self):
-        err = HL7Error("message does not begin with an MSH segment", ack_code="AR", error_code="100",
-                       location="MSH")
+        err = HL7Error("message does not begin with an MSH segment", ack_code="AR", error_code="100", location="MSH")
         ack = hl7.parse_message(hl7.build_ack(None, "AR", error=err))
         assert (ack.version, ack.message_type, ack.receiving_application) == ("2.5", "ACK", "")
         assert ack.get("MSA", 1) == "AR" and ack.get("MSA", 2) == ""

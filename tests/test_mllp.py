@@ -235,8 +235,7 @@ class TestServer:
             sock.close()
 
     def test_idle_timeout(self):
-        srv = mllp.MllpServer("127.0.0.1", 0, FakeTLS(), ack_handler, max_message_bytes=4096,
-                              idle_timeout=0.3)
+        srv = mllp.MllpServer("127.0.0.1", 0, FakeTLS(), ack_handler, max_message_bytes=4096, idle_timeout=0.3)
         with srv:
             sock = connect(srv)
             started = time.monotonic()
@@ -245,8 +244,7 @@ class TestServer:
             sock.close()
 
     def test_max_connections(self):
-        srv = mllp.MllpServer("127.0.0.1", 0, FakeTLS(), ack_handler, max_message_bytes=4096,
-                              max_connections=1)
+        srv = mllp.MllpServer("127.0.0.1", 0, FakeTLS(), ack_handler, max_message_bytes=4096, max_connections=1)
         with srv, mllp.MllpClient("127.0.0.1", srv.port, None, timeout=5) as first:
             assert hl7.parse_message(first.send(MSG % 1)).get("MSA", 1) == "AA"
             second = connect(srv)

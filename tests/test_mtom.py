@@ -48,9 +48,7 @@ TRICKY = (
 
 
 def envelope(*hrefs: str) -> bytes:
-    docs = "".join(
-        f'<xdsb:Document id="Doc{i}"><xop:Include href="{h}"/></xdsb:Document>' for i, h in enumerate(hrefs)
-    )
+    docs = "".join(f'<xdsb:Document id="Doc{i}"><xop:Include href="{h}"/></xdsb:Document>' for i, h in enumerate(hrefs))
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
@@ -129,9 +127,7 @@ def test_round_trip_several_parts(tmp_path, sample):
 
 def test_round_trip_random_binary(tmp_path):
     rng = random.Random(7)
-    parts = [
-        (content_id_for(i), "application/dicom", rng.randbytes(rng.randrange(1, 300_000))) for i in range(4)
-    ]
+    parts = [(content_id_for(i), "application/dicom", rng.randbytes(rng.randrange(1, 300_000))) for i in range(4)]
     writer = MtomWriter(envelope(*(cid_href(c) for c, _, _ in parts)), parts)
     body = b"".join(writer)
     assert writer.content_length == len(body)

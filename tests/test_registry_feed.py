@@ -33,8 +33,7 @@ def cx(pid: str) -> str:
     return f"{pid}^^^&{OID}&ISO"
 
 
-def adt(event: str, pid3: str, *, mrg: str | None = None, version: str = "2.3.1",
-        control: str = "C1") -> bytes:
+def adt(event: str, pid3: str, *, mrg: str | None = None, version: str = "2.3.1", control: str = "C1") -> bytes:
     structure = "ADT_A39" if event == "A40" else "ADT_A01"
     segs = [
         f"MSH|^~\\&|EDGE|SITE-A|CLEARINGHOUSE|ISN|20260101120000||ADT^{event}^{structure}|{control}|P|{version}",
@@ -141,8 +140,11 @@ def test_merges_stay_one_hop(feed, sessions):
         send(feed, adt("A01", cx(p)))
     send(feed, adt("A40", cx("P2"), mrg=cx("P1")))
     send(feed, adt("A40", cx("P3"), mrg=cx("P2")))
-    assert rows(sessions) == {cx("P1"): ("merged", cx("P3")), cx("P2"): ("merged", cx("P3")),
-                              cx("P3"): ("active", None)}
+    assert rows(sessions) == {
+        cx("P1"): ("merged", cx("P3")),
+        cx("P2"): ("merged", cx("P3")),
+        cx("P3"): ("active", None),
+    }
     with sessions() as s:
         assert resolve_patient(s, cx("P1")) == cx("P3")
         assert merged_aliases(s, cx("P3")) == [cx("P1"), cx("P2")]
@@ -163,11 +165,14 @@ def test_merge_into_a_merged_patient_is_refused(feed, sessions):
     assert rows(sessions)[cx("P3")] == ("active", None)
 
 
-@pytest.mark.parametrize("data, code, location", [
-    (adt("A40", cx("P2"), version="2.5"), "100", "MRG"),
-    (adt("A40", cx("P2"), mrg="P1^^^&1.2.3&ISO", version="2.5"), "204", "MRG^1^1"),
-    (adt("A40", cx("P2"), mrg=cx("P2"), version="2.5"), "102", "MRG^1^1"),
-])
+@pytest.mark.parametrize(
+    "data, code, location",
+    [
+        (adt("A40", cx("P2"), version="2.5"), "100", "MRG"),
+        (adt("A40", cx("P2"), mrg="P1^^^&1.2.3&ISO", version="2.5"), "204", "MRG^1^1"),
+        (adt("A40", cx("P2"), mrg=cx("P2"), version="2.5"), "102", "MRG^1^1"),
+    ],
+)
 def test_bad_merges(feed, sessions, data, code, location):
     send(feed, adt("A01", cx("P2")))
     ack = send(feed, data)
@@ -185,12 +190,15 @@ def test_wrong_assigning_authority(feed, sessions):
     assert rows(sessions) == {}
 
 
-@pytest.mark.parametrize("pid3, code", [
-    ("", "101"),
-    (f"A\\S\\B^^^&{OID}&ISO", "102"),
-    (f"^^^&{OID}&ISO", "102"),
-    (f"{'X' * 250}^^^&{OID}&ISO", "102"),
-])
+@pytest.mark.parametrize(
+    "pid3, code",
+    [
+        ("", "101"),
+        (f"A\\S\\B^^^&{OID}&ISO", "102"),
+        (f"^^^&{OID}&ISO", "102"),
+        (f"{'X' * 250}^^^&{OID}&ISO", "102"),
+    ],
+)
 def test_invalid_identifiers(feed, sessions, pid3, code):
     ack = send(feed, adt("A01", pid3, version="2.5"))
     assert ack_of(ack) == ("AE", code) and error_of(ack)[1] == "PID^1^3"
@@ -202,8 +210,9 @@ def test_missing_pid(feed):
     assert ack_of(send(feed, data)) == ("AE", "100")
 
 
-@pytest.mark.parametrize("msh9, code", [("ADT^A03^ADT_A03", "201"), ("ORM^O01^ORM_O01", "200"),
-                                        ("ADT^A31^ADT_A05", "201")])
+@pytest.mark.parametrize(
+    "msh9, code", [("ADT^A03^ADT_A03", "201"), ("ORM^O01^ORM_O01", "200"), ("ADT^A31^ADT_A05", "201")]
+)
 def test_unsupported_events(feed, sessions, msh9, code):
     data = adt("A01", cx("P1"), version="2.5").replace(b"ADT^A01^ADT_A01", msh9.encode())
     ack = send(feed, data)
@@ -220,12 +229,15 @@ def test_non_source_refused(feed, sessions, caplog):
     assert rows(sessions) == {}
 
 
-@pytest.mark.parametrize("data, ack_code, code, control, version", [
-    (b"this is not HL7", "AR", "100", "", "2.5"),
-    (b"MSH|^~\\&|EDGE|SITE-A|CH|ISN|2026||ADT^A01|C7|P|2.4\rPID|||X\r", "AR", "203", "C7", "2.4"),
-    (b"MSH|^~\\&|EDGE|SITE-A|CH|ISN|2026|||C8|P|2.3.1\r", "AR", "101", "C8", "2.3.1"),
-    (b"MSH|^~\\&|EDGE|SITE-A|CH|ISN|2026||ADT^A01|C9|P|2.5\rgarbage\r", "AE", "100", "C9", "2.5"),
-])
+@pytest.mark.parametrize(
+    "data, ack_code, code, control, version",
+    [
+        (b"this is not HL7", "AR", "100", "", "2.5"),
+        (b"MSH|^~\\&|EDGE|SITE-A|CH|ISN|2026||ADT^A01|C7|P|2.4\rPID|||X\r", "AR", "203", "C7", "2.4"),
+        (b"MSH|^~\\&|EDGE|SITE-A|CH|ISN|2026|||C8|P|2.3.1\r", "AR", "101", "C8", "2.3.1"),
+        (b"MSH|^~\\&|EDGE|SITE-A|CH|ISN|2026||ADT^A01|C9|P|2.5\rgarbage\r", "AE", "100", "C9", "2.5"),
+    ],
+)
 def test_malformed_messages(feed, data, ack_code, code, control, version):
     # read the ACK by hand: an ACK echoing an unsupported version is not one our parser accepts
     msh, msa, err = (s.split("|") for s in feed.handle(SOURCE, data).decode().split("\r")[:3])
@@ -248,7 +260,13 @@ def test_no_demographics_stored_or_logged(feed, sessions, caplog):
         send(feed, adt("A01", "P1^^^HOSP&1.2.3.4&ISO"))
     assert "DOE" not in caplog.text and "JANE" not in caplog.text and "19800214" not in caplog.text
     assert set(RegistryPatient.__table__.columns.keys()) == {
-        "id", "patient_id", "status", "merged_into", "created_at", "updated_at"}
+        "id",
+        "patient_id",
+        "status",
+        "merged_into",
+        "created_at",
+        "updated_at",
+    }
 
 
 def test_patient_functions(sessions):

@@ -235,13 +235,9 @@ def test_register_stores_objects_with_new_uuids(sessions, settings, patient):
         de = next(r for r in rows if r.unique_id == docs[0].unique_id)
         assert de.unique_id_claim == de.unique_id and de.hash and de.size
         assert de.creation_time == "20240105103000" and de.class_code == xs.CLASS_IMAGES.key
-        assert (
-            de.entry_type == md.STABLE_DOCUMENT_ENTRY and de.repository_unique_id == xs.REPOSITORY_UNIQUE_ID
-        )
+        assert de.entry_type == md.STABLE_DOCUMENT_ENTRY and de.repository_unique_id == xs.REPOSITORY_UNIQUE_ID
         values = session.execute(
-            select(RegistryValueRow.kind, RegistryValueRow.value).where(
-                RegistryValueRow.entry_uuid == de.entry_uuid
-            )
+            select(RegistryValueRow.kind, RegistryValueRow.value).where(RegistryValueRow.entry_uuid == de.entry_uuid)
         ).all()
         assert ("eventCode", xs.EVENT_CT.key) in values and (
             "confidentialityCode",
@@ -290,9 +286,7 @@ def test_identical_resubmission_is_accepted(sessions, settings, patient):
     register(sessions, settings, xs.submission(patient, [spec]))
     register(sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id)]))
     with sessions() as session:
-        rows = session.scalars(
-            select(RegistryObjectRow).where(RegistryObjectRow.unique_id == spec.unique_id)
-        ).all()
+        rows = session.scalars(select(RegistryObjectRow).where(RegistryObjectRow.unique_id == spec.unique_id)).all()
         assert len(rows) == 2 and sorted(r.unique_id_claim is None for r in rows) == [False, True]
     assert find_docs(sessions, settings, patient) == {spec.unique_id}
 
@@ -301,9 +295,7 @@ def test_resubmission_with_other_content_is_refused(sessions, settings, patient)
     spec = xs.DocSpec()
     register(sessions, settings, xs.submission(patient, [spec]))
     with pytest.raises(XdsError) as excinfo:
-        register(
-            sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id, content=b"x")])
-        )
+        register(sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id, content=b"x")]))
     assert error_codes(excinfo) == ["XDSNonIdenticalHash"]
     ss = xs.new_oid()
     register(sessions, settings, xs.submission(patient, ss_unique_id=ss))
@@ -330,17 +322,13 @@ def test_concurrent_duplicate_is_caught_by_the_unique_index(sessions, settings, 
     register(sessions, settings, xs.submission(patient, [spec]))
     _race(monkeypatch, 1)
     with pytest.raises(XdsError) as excinfo:
-        register(
-            sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id, content=b"y")])
-        )
+        register(sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id, content=b"y")]))
     assert error_codes(excinfo) == ["XDSNonIdenticalHash"]  # the retry saw the winner
     _race(monkeypatch, 1)
     register(sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id)]))  # identical
     _race(monkeypatch, 99)
     with pytest.raises(XdsError) as excinfo:
-        register(
-            sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id, content=b"z")])
-        )
+        register(sessions, settings, xs.submission(patient, [xs.DocSpec(unique_id=spec.unique_id, content=b"z")]))
     assert error_codes(excinfo) == ["XDSDuplicateUniqueIdInRegistry"]
 
 
@@ -409,9 +397,7 @@ def test_adding_a_document_to_a_registered_folder(sessions, settings, patient):
     with sessions() as session:
         row = session.get(RegistryObjectRow, folder_uuid)
         assert row.last_update_time > "20000101000000"
-        assert md.parse_registry_package(md.from_text(row.xml), []).slot("lastUpdateTime") == [
-            row.last_update_time
-        ]
+        assert md.parse_registry_package(md.from_text(row.xml), []).slot("lastUpdateTime") == [row.last_update_time]
 
 
 def test_entry_uuid_chosen_by_the_source_must_be_new(sessions, settings, patient):
@@ -567,9 +553,7 @@ def test_find_documents_entry_type_defaults_to_stable(sessions, settings, patien
     assert find_docs(sessions, settings, patient, XDSDocumentEntryType=xs.quoted_list([xs.ON_DEMAND])) == {
         on_demand.unique_id
     }
-    both = find_docs(
-        sessions, settings, patient, XDSDocumentEntryType=xs.quoted_list([xs.STABLE, xs.ON_DEMAND])
-    )
+    both = find_docs(sessions, settings, patient, XDSDocumentEntryType=xs.quoted_list([xs.STABLE, xs.ON_DEMAND]))
     assert both == {stable.unique_id, on_demand.unique_id}
 
 
@@ -670,9 +654,7 @@ def test_too_many_results(sessions, settings, patient):
     with pytest.raises(XdsError) as excinfo:
         run(sessions, small, xs.find_documents(patient))
     assert error_codes(excinfo) == ["XDSTooManyResults"]
-    assert (
-        len(doc_uids(run(sessions, settings.replace(query_max_results=2), xs.find_documents(patient)))) == 2
-    )
+    assert len(doc_uids(run(sessions, settings.replace(query_max_results=2), xs.find_documents(patient)))) == 2
 
 
 # --- FindSubmissionSets --------------------------------------------------------------------------
@@ -722,14 +704,10 @@ def test_find_submission_sets_parameters(sessions, settings, patient, query_sche
     )
     register(sessions, settings, xs.submission(new_patient(sessions)))
     assert ss_uids(find_sets(sessions, settings, patient)) == {a, b}
-    assert ss_uids(
-        find_sets(sessions, settings, patient, XDSSubmissionSetSourceId=xs.quoted_list(["1.2.3.2"]))
-    ) == {b}
+    assert ss_uids(find_sets(sessions, settings, patient, XDSSubmissionSetSourceId=xs.quoted_list(["1.2.3.2"]))) == {b}
     assert ss_uids(find_sets(sessions, settings, patient, XDSSubmissionSetSubmissionTimeFrom="2024")) == {b}
     assert ss_uids(find_sets(sessions, settings, patient, XDSSubmissionSetSubmissionTimeTo="2024")) == {a}
-    assert ss_uids(
-        find_sets(sessions, settings, patient, XDSSubmissionSetAuthorPerson=xs.quoted("%One"))
-    ) == {a}
+    assert ss_uids(find_sets(sessions, settings, patient, XDSSubmissionSetAuthorPerson=xs.quoted("%One"))) == {a}
     assert ss_uids(
         find_sets(
             sessions,
@@ -738,9 +716,7 @@ def test_find_submission_sets_parameters(sessions, settings, patient, query_sche
             XDSSubmissionSetContentType=xs.quoted_list([xs.CONTENT_TYPE_IMAGES.key]),
         )
     ) == {a}
-    assert (
-        find_sets(sessions, settings, patient, XDSSubmissionSetStatus=xs.quoted_list([xs.DEPRECATED])) == []
-    )
+    assert find_sets(sessions, settings, patient, XDSSubmissionSetStatus=xs.quoted_list([xs.DEPRECATED])) == []
     request = xs.query(
         xs.FIND_SUBMISSION_SETS,
         {
@@ -785,9 +761,7 @@ def test_get_all_returns_the_patients_whole_graph(sessions, settings, patient, q
     assert sorted(kinds(response)) == ["Association"] * 5 + ["ExtrinsicObject"] * 2 + ["RegistryPackage"] * 2
     refs = get_all(sessions, settings, patient, return_type="ObjectRef")
     assert ref_ids(refs) == {e.get("id") for e in listed(response)}
-    pdf_only = get_all(
-        sessions, settings, patient, XDSDocumentEntryFormatCode=xs.quoted_list([xs.FORMAT_PDF.key])
-    )
+    pdf_only = get_all(sessions, settings, patient, XDSDocumentEntryFormatCode=xs.quoted_list([xs.FORMAT_PDF.key]))
     assert doc_uids(pdf_only) == {docs[1].unique_id}
     # associations follow the returned objects: SS->pdf only (folder holds the other document)
     assert sorted(kinds(pdf_only)) == [
@@ -812,9 +786,9 @@ def test_get_all_entry_type_and_required_parameters(sessions, settings, patient)
     od = xs.DocSpec(on_demand=True)
     register(sessions, settings, xs.submission(patient, [od]))
     assert doc_uids(get_all(sessions, settings, patient)) == set()
-    assert doc_uids(
-        get_all(sessions, settings, patient, XDSDocumentEntryType=xs.quoted_list([xs.ON_DEMAND]))
-    ) == {od.unique_id}
+    assert doc_uids(get_all(sessions, settings, patient, XDSDocumentEntryType=xs.quoted_list([xs.ON_DEMAND]))) == {
+        od.unique_id
+    }
     with pytest.raises(XdsError) as excinfo:
         run(sessions, settings, xs.query(xs.GET_ALL, {"$patientId": xs.quoted(patient)}))
     assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
@@ -841,8 +815,7 @@ def test_get_documents_by_uuid_and_unique_id(sessions, settings, patient, query_
     )
     assert doc_uids(both) == {a.unique_id, b.unique_id}
     assert (
-        doc_uids(get_documents(sessions, settings, XDSDocumentEntryEntryUUID=xs.quoted_list([xs.new_uuid()])))
-        == set()
+        doc_uids(get_documents(sessions, settings, XDSDocumentEntryEntryUUID=xs.quoted_list([xs.new_uuid()]))) == set()
     )
 
 
@@ -867,9 +840,7 @@ def test_get_documents_privacy(sessions, settings, patient):
     with pytest.raises(XdsError) as excinfo:  # a wildcard is not a UUID
         get_documents(sessions, settings, XDSDocumentEntryEntryUUID=xs.quoted_list(["urn:uuid:%"]))
     assert error_codes(excinfo) == ["XDSRegistryError"]
-    assert (
-        doc_uids(get_documents(sessions, settings, XDSDocumentEntryUniqueId=xs.quoted_list(["%"]))) == set()
-    )
+    assert doc_uids(get_documents(sessions, settings, XDSDocumentEntryUniqueId=xs.quoted_list(["%"]))) == set()
     with pytest.raises(XdsError) as excinfo:
         get_documents(sessions, settings, XDSDocumentEntryUniqueId=xs.quoted_list([""]))
     assert error_codes(excinfo) == ["XDSRegistryError"]
@@ -889,21 +860,15 @@ def test_get_documents_parameter_rules(sessions, settings):
         get_documents(sessions, settings, homeCommunityId=xs.quoted(settings.home_community_id))
     assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
     with pytest.raises(XdsError) as excinfo:
-        get_documents(
-            sessions, settings, XDSDocumentEntryUniqueId=uid, homeCommunityId=xs.quoted("urn:oid:9.9")
-        )
+        get_documents(sessions, settings, XDSDocumentEntryUniqueId=uid, homeCommunityId=xs.quoted("urn:oid:9.9"))
     assert error_codes(excinfo) == ["XDSUnknownCommunity"]
 
 
 # --- GetSubmissionSetAndContents -----------------------------------------------------------------
 
 
-def ss_contents(
-    sessions, settings, return_type: str = "LeafClass", **params: xs.ParamValue
-) -> etree._Element:
-    request = xs.query(
-        xs.GET_SUBMISSION_SET_AND_CONTENTS, {f"${k}": v for k, v in params.items()}, return_type
-    )
+def ss_contents(sessions, settings, return_type: str = "LeafClass", **params: xs.ParamValue) -> etree._Element:
+    request = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {f"${k}": v for k, v in params.items()}, return_type)
     return run(sessions, settings, request)
 
 
@@ -930,9 +895,7 @@ def test_get_submission_set_and_contents(sessions, settings, patient, query_sche
     )
     assert doc_uids(by_uuid) == {d.unique_id for d in docs}
     by_uid = ss_contents(sessions, settings, "ObjectRef", XDSSubmissionSetUniqueId=xs.quoted(ss_uid))
-    assert ref_ids(by_uid) == {
-        e.get("id") for e in listed(by_uuid) if etree.QName(e).localname != "Classification"
-    }
+    assert ref_ids(by_uid) == {e.get("id") for e in listed(by_uuid) if etree.QName(e).localname != "Classification"}
     pdf = ss_contents(
         sessions,
         settings,

@@ -29,9 +29,7 @@ def one_doc(spec: xs.DocSpec) -> md.DocumentEntry:
 # --- value formats -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "value", ["2024", "202401", "20240105", "2024010510", "202401051030", "20240105103059"]
-)
+@pytest.mark.parametrize("value", ["2024", "202401", "20240105", "2024010510", "202401051030", "20240105103059"])
 def test_dtm_accepts_every_precision(value):
     assert rules.is_dtm(value)
 
@@ -314,9 +312,7 @@ def test_check_structure_unclassified_package_and_foreign_objects():
     object_list = request[0]
     md_el = object_list.makeelement(f"{{{md.RIM}}}RegistryPackage", {"id": "Lost"})
     object_list.append(md_el)
-    object_list.append(
-        object_list.makeelement(f"{{{md.RIM}}}ExternalLink", {"id": "x", "externalURI": "http://x"})
-    )
+    object_list.append(object_list.makeelement(f"{{{md.RIM}}}ExternalLink", {"id": "x", "externalURI": "http://x"}))
     errs = rules.check_structure(parse_submission(request))
     assert len(errs) == 2
     assert "RegistryPackage Lost" in errs[0].context and "ExternalLink" in errs[1].context
@@ -342,15 +338,11 @@ def test_check_association_type_and_submission_set_status():
 def test_check_association_reference_to_registered_document():
     old = xs.new_uuid()
     ok = parsed(
-        extra_associations=[
-            xs.AssocSpec(xs.HAS_MEMBER, "SubmissionSet01", old, {"SubmissionSetStatus": ["Reference"]})
-        ]
+        extra_associations=[xs.AssocSpec(xs.HAS_MEMBER, "SubmissionSet01", old, {"SubmissionSetStatus": ["Reference"]})]
     )
     assert all(rules.check_association(a, ok) == [] for a in ok.associations)
     bad = parsed(
-        extra_associations=[
-            xs.AssocSpec(xs.HAS_MEMBER, "SubmissionSet01", old, {"SubmissionSetStatus": ["Original"]})
-        ]
+        extra_associations=[xs.AssocSpec(xs.HAS_MEMBER, "SubmissionSet01", old, {"SubmissionSetStatus": ["Original"]})]
     )
     errs = [e for a in bad.associations for e in rules.check_association(a, bad)]
     assert len(errs) == 1 and "Reference" in errs[0].context
@@ -383,9 +375,7 @@ def test_external_references_are_the_uuids_not_defined_here():
 
 
 def test_duplicate_unique_id_in_message():
-    sub = parsed(
-        documents=[xs.DocSpec(unique_id="1.2.3"), xs.DocSpec(unique_id="1.2.3")], ss_unique_id="1.2.3"
-    )
+    sub = parsed(documents=[xs.DocSpec(unique_id="1.2.3"), xs.DocSpec(unique_id="1.2.3")], ss_unique_id="1.2.3")
     errs = rules.check_unique_ids_in_message(sub)
     assert codes(errs) == ["XDSRegistryDuplicateUniqueIdInMessage"] * 2
     assert "also used by SubmissionSet SubmissionSet01" in errs[0].context
@@ -393,14 +383,10 @@ def test_duplicate_unique_id_in_message():
 
 def test_patient_ids_must_match():
     other = xs.patient_cx()
-    sub = parsed(
-        documents=[xs.DocSpec(), xs.DocSpec(patient_id=other)], folders=[xs.FolderSpec(patient_id=other)]
-    )
+    sub = parsed(documents=[xs.DocSpec(), xs.DocSpec(patient_id=other)], folders=[xs.FolderSpec(patient_id=other)])
     errs = rules.check_patient_ids_match(sub)
     assert codes(errs) == ["XDSPatientIdDoesNotMatch"] * 2
-    assert errs[0].context.startswith("DocumentEntry Document02") and errs[1].context.startswith(
-        "Folder Folder01"
-    )
+    assert errs[0].context.startswith("DocumentEntry Document02") and errs[1].context.startswith("Folder Folder01")
 
 
 def test_privacy_only_rsna_ids_of_the_affinity_domain():
@@ -521,9 +507,7 @@ def test_unique_id_in_registry_identical_resubmission_is_accepted():
     spec = xs.DocSpec(unique_id="1.2.3.4")
     sub = parsed(documents=[spec])
     de = sub.document_entries[0]
-    same = known(
-        "urn:uuid:x", unique_id="1.2.3.4", hash=de.slot_value("hash").upper(), size=int(de.slot_value("size"))
-    )
+    same = known("urn:uuid:x", unique_id="1.2.3.4", hash=de.slot_value("hash").upper(), size=int(de.slot_value("size")))
     assert rules.check_unique_ids_in_registry(sub, {"1.2.3.4": [same]}) == []
 
 

@@ -47,8 +47,11 @@ def test_edge_submits_and_phr_retrieves_exactly_those_bytes(clearinghouse, encod
     assert len(entries) == len(study.documents)
     by_uid = {}
     for eo in entries:
-        uid = next(ei.get("value") for ei in eo.findall("rim:ExternalIdentifier", NS)
-                   if ei.get("identificationScheme") == "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab")
+        uid = next(
+            ei.get("value")
+            for ei in eo.findall("rim:ExternalIdentifier", NS)
+            if ei.get("identificationScheme") == "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
+        )
         by_uid[uid] = eo
         assert eo.get("status") == xs.APPROVED
         assert edge.slot(eo, "repositoryUniqueId") == [edge.REPOSITORY_ID]
@@ -82,31 +85,45 @@ def test_object_ref_query_and_submission_set_contents(clearinghouse):
     ids = [r.get("id") for r in refs.body.findall("rim:RegistryObjectList/rim:ObjectRef", NS)]
     assert len(ids) == 2 and all(i.startswith("urn:uuid:") for i in ids)
 
-    ss = registry.call(edge.ITI18, xs.query(xs.FIND_SUBMISSION_SETS, {
-        "$XDSSubmissionSetPatientId": xs.quoted(patient),
-        "$XDSSubmissionSetStatus": xs.quoted_list([xs.APPROVED]),
-    }))
+    ss = registry.call(
+        edge.ITI18,
+        xs.query(
+            xs.FIND_SUBMISSION_SETS,
+            {
+                "$XDSSubmissionSetPatientId": xs.quoted(patient),
+                "$XDSSubmissionSetStatus": xs.quoted_list([xs.APPROVED]),
+            },
+        ),
+    )
     packages = ss.body.findall("rim:RegistryObjectList/rim:RegistryPackage", NS)
     assert len(packages) == 1
     ss_uuid = packages[0].get("id")
 
-    contents = registry.call(edge.ITI18, xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {
-        "$XDSSubmissionSetEntryUUID": xs.quoted(ss_uuid)}))
+    contents = registry.call(
+        edge.ITI18, xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss_uuid)})
+    )
     olist = contents.body.find("rim:RegistryObjectList", NS)
     assert len(olist.findall("rim:ExtrinsicObject", NS)) == 2
     assocs = olist.findall("rim:Association", NS)
     assert {a.get("sourceObject") for a in assocs} == {ss_uuid}
 
-    docs = registry.call(edge.ITI18, xs.query(xs.GET_DOCUMENTS, {
-        "$XDSDocumentEntryUniqueId": xs.quoted_list(study.unique_ids)}))
+    docs = registry.call(
+        edge.ITI18, xs.query(xs.GET_DOCUMENTS, {"$XDSDocumentEntryUniqueId": xs.quoted_list(study.unique_ids)})
+    )
     assert len(docs.body.findall("rim:RegistryObjectList/rim:ExtrinsicObject", NS)) == 2
 
-    everything = registry.call(edge.ITI18, xs.query(xs.GET_ALL, {
-        "$patientId": xs.quoted(patient),
-        "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED]),
-        "$XDSSubmissionSetStatus": xs.quoted_list([xs.APPROVED]),
-        "$XDSFolderStatus": xs.quoted_list([xs.APPROVED]),
-    }))
+    everything = registry.call(
+        edge.ITI18,
+        xs.query(
+            xs.GET_ALL,
+            {
+                "$patientId": xs.quoted(patient),
+                "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED]),
+                "$XDSSubmissionSetStatus": xs.quoted_list([xs.APPROVED]),
+                "$XDSFolderStatus": xs.quoted_list([xs.APPROVED]),
+            },
+        ),
+    )
     olist = everything.body.find("rim:RegistryObjectList", NS)
     assert len(olist.findall("rim:ExtrinsicObject", NS)) == 2
     assert len(olist.findall("rim:RegistryPackage", NS)) == 1
@@ -121,8 +138,9 @@ def test_one_patient_never_sees_another(clearinghouse):
     assert reply.body.get("status") == edge.SUCCESS, edge.errors_of(reply.body)
     found = edge.find_documents(clearinghouse.soap("phr", "/xds/registry"), b)
     assert found.body.get("status") == edge.SUCCESS
-    assert found.body.find("rim:RegistryObjectList", NS) is None or \
-        len(found.body.find("rim:RegistryObjectList", NS)) == 0
+    assert (
+        found.body.find("rim:RegistryObjectList", NS) is None or len(found.body.find("rim:RegistryObjectList", NS)) == 0
+    )
 
 
 def test_wrong_password_finds_nothing(clearinghouse):

@@ -351,21 +351,15 @@ def test_pbkdf2_differs_from_the_rsna_hash_and_is_deterministic():
 
 def test_pbkdf2_depends_on_salt_and_iterations():
     base = compute_rsna_id("ybndrfg8", "19700101", algorithm="pbkdf2-sha256-v1", salt=SALT, iterations=FAST)
-    other_salt = compute_rsna_id(
-        "ybndrfg8", "19700101", algorithm="pbkdf2-sha256-v1", salt=SALT + "!", iterations=FAST
-    )
-    more_rounds = compute_rsna_id(
-        "ybndrfg8", "19700101", algorithm="pbkdf2-sha256-v1", salt=SALT, iterations=FAST + 1
-    )
+    other_salt = compute_rsna_id("ybndrfg8", "19700101", algorithm="pbkdf2-sha256-v1", salt=SALT + "!", iterations=FAST)
+    more_rounds = compute_rsna_id("ybndrfg8", "19700101", algorithm="pbkdf2-sha256-v1", salt=SALT, iterations=FAST + 1)
     assert len({base, other_salt, more_rounds}) == 3
 
 
 def test_pbkdf2_field_boundaries_are_unambiguous():
     # Without a separator "ab" + "" and "a" + "b" would collide; the NUL keeps them apart.
     kwargs = {"algorithm": "pbkdf2-sha256-v1", "salt": SALT, "iterations": FAST}
-    assert compute_rsna_id("ybndrfg8", "19700101", "1", **kwargs) != compute_rsna_id(
-        "ybndrfg81", "19700101", **kwargs
-    )
+    assert compute_rsna_id("ybndrfg8", "19700101", "1", **kwargs) != compute_rsna_id("ybndrfg81", "19700101", **kwargs)
 
 
 def test_pbkdf2_needs_a_proper_salt_and_enough_iterations():
@@ -437,9 +431,7 @@ def test_patient_cx_rejects_ids_that_would_not_parse_back(bad_id):
         patient_cx(bad_id, RSNA_OID)
 
 
-@pytest.mark.parametrize(
-    "bad_oid", ["", "rsna", "1", "1.", ".1", "1..2", "1.02", "3.1", "1.2.3 ", "1." + "9" * 64]
-)
+@pytest.mark.parametrize("bad_oid", ["", "rsna", "1", "1.", ".1", "1..2", "1.02", "3.1", "1.2.3 ", "1." + "9" * 64])
 def test_patient_cx_rejects_non_oids(bad_oid):
     with pytest.raises(ValueError, match="not an ISO OID"):
         patient_cx("abc", bad_oid)

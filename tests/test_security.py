@@ -76,8 +76,9 @@ def test_unregistered_certificate_from_our_ca_is_refused(clearinghouse, caplog):
 def test_expired_certificate_is_refused(clearinghouse, caplog):
     caplog.set_level(logging.WARNING, "clearinghouse.tls")
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-    old = clearinghouse.add_identity("expired-edge", ["source"], not_before=past - dt.timedelta(days=10),
-                                     not_after=past)
+    old = clearinghouse.add_identity(
+        "expired-edge", ["source"], not_before=past - dt.timedelta(days=10), not_after=past
+    )
     assert _refused(clearinghouse.https_port, old.context())
     assert _logged(caplog, "CN=expired-edge", "expired")
 
@@ -133,7 +134,8 @@ def test_consumer_may_not_submit_and_source_may_not_query(clearinghouse, caplog)
         edge.retrieve(clearinghouse.soap("edge", "/xds/repository"), ["1.2.3"])
     with pytest.raises(SoapFault):
         clearinghouse.soap("phr", "/xds/registry").call(
-            "urn:ihe:iti:2007:RegisterDocumentSet-b", xs.submission(patient))
+            "urn:ihe:iti:2007:RegisterDocumentSet-b", xs.submission(patient)
+        )
     assert _logged(caplog, "CN=phr")
 
 
@@ -146,10 +148,12 @@ def test_consumer_may_not_feed(clearinghouse):
     assert b"MSA|AR|" in ack
 
 
-def _post(clearinghouse, path: str, body: bytes, content_type: str = "application/soap+xml; charset=UTF-8",
-          who: str = "phr") -> tuple[int, bytes]:
-    conn = http.client.HTTPSConnection("localhost", clearinghouse.https_port,
-                                       context=clearinghouse.identities[who].context(), timeout=30)
+def _post(
+    clearinghouse, path: str, body: bytes, content_type: str = "application/soap+xml; charset=UTF-8", who: str = "phr"
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection(
+        "localhost", clearinghouse.https_port, context=clearinghouse.identities[who].context(), timeout=30
+    )
     try:
         conn.request("POST", path, body=body, headers={"Content-Type": content_type})
         resp = conn.getresponse()
@@ -158,19 +162,29 @@ def _post(clearinghouse, path: str, body: bytes, content_type: str = "applicatio
         conn.close()
 
 
-ENV = ('<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://www.w3.org/2005/08/addressing">'
-       '<s:Header><a:Action>urn:ihe:iti:2007:RegistryStoredQuery</a:Action><a:MessageID>urn:uuid:1</a:MessageID>'
-       '</s:Header><s:Body>{body}</s:Body></s:Envelope>')
+ENV = (
+    '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://www.w3.org/2005/08/addressing">'
+    "<s:Header><a:Action>urn:ihe:iti:2007:RegistryStoredQuery</a:Action><a:MessageID>urn:uuid:1</a:MessageID>"
+    "</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+)
 
 
-@pytest.mark.parametrize("payload, needle", [
-    ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>' + ENV.format(body="&xxe;"),
-     b"DTD"),
-    ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
-     + ENV.format(body="&b;"), b"DTD"),
-    (ENV.format(body="<a>" * 500 + "</a>" * 500), b"depth"),
-    (ENV.format(body="<unclosed>"), b"well-formed"),
-])
+@pytest.mark.parametrize(
+    "payload, needle",
+    [
+        (
+            '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>' + ENV.format(body="&xxe;"),
+            b"DTD",
+        ),
+        (
+            '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            + ENV.format(body="&b;"),
+            b"DTD",
+        ),
+        (ENV.format(body="<a>" * 500 + "</a>" * 500), b"depth"),
+        (ENV.format(body="<unclosed>"), b"well-formed"),
+    ],
+)
 def test_hostile_xml_gets_a_sender_fault(clearinghouse, payload, needle):
     status, body = _post(clearinghouse, "/xds/registry", payload.encode())
     assert status == 400
@@ -183,28 +197,49 @@ def test_oversized_envelope_is_refused_before_it_is_read(clearinghouse):
     ctx = clearinghouse.identities["phr"].context()
     with socket.create_connection(("localhost", clearinghouse.https_port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"POST /xds/registry HTTP/1.1\r\nHost: localhost\r\n"
-                        b"Content-Type: application/soap+xml\r\nContent-Length: %d\r\n\r\n<x>" % (limit + 10))
+            tls.sendall(
+                b"POST /xds/registry HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/soap+xml\r\nContent-Length: %d\r\n\r\n<x>" % (limit + 10)
+            )
             response = b""
             while chunk := tls.recv(65536):
                 response += chunk
     assert response.startswith(b"HTTP/1.1 413") and b"exceeds the limit" in response
 
 
-@pytest.mark.parametrize("envelope, content_type, code, needle", [
-    (ENV.replace("http://www.w3.org/2003/05/soap-envelope", "http://schemas.xmlsoap.org/soap/envelope/"), "application/soap+xml",
-     b"VersionMismatch", b"SOAP 1.1"),
-    (ENV.format(body="<x/>"), "text/xml", b"VersionMismatch", b"SOAP 1.2"),
-    (ENV.replace("<a:Action>urn:ihe:iti:2007:RegistryStoredQuery</a:Action>", "").format(body="<x/>"),
-     "application/soap+xml", b"MessageAddressingHeaderRequired", b"Action"),
-    (ENV.replace("<a:MessageID>urn:uuid:1</a:MessageID>", "").format(body="<x/>"),
-     "application/soap+xml", b"MessageAddressingHeaderRequired", b"MessageID"),
-    (ENV.replace("RegistryStoredQuery", "NoSuchThing").format(body="<x/>"), "application/soap+xml",
-     b"ActionNotSupported", b"NoSuchThing"),
-    (ENV.format(body="<x/>"), "application/soap+xml", b"Sender", b"AdhocQueryRequest"),
-    (ENV.format(body="<x/>"), "multipart/related; boundary=zzz", b"Sender", b"MTOM"),
-    (ENV.format(body="<x/>"), "application/json", b"Sender", b"Content-Type"),
-])
+@pytest.mark.parametrize(
+    "envelope, content_type, code, needle",
+    [
+        (
+            ENV.replace("http://www.w3.org/2003/05/soap-envelope", "http://schemas.xmlsoap.org/soap/envelope/"),
+            "application/soap+xml",
+            b"VersionMismatch",
+            b"SOAP 1.1",
+        ),
+        (ENV.format(body="<x/>"), "text/xml", b"VersionMismatch", b"SOAP 1.2"),
+        (
+            ENV.replace("<a:Action>urn:ihe:iti:2007:RegistryStoredQuery</a:Action>", "").format(body="<x/>"),
+            "application/soap+xml",
+            b"MessageAddressingHeaderRequired",
+            b"Action",
+        ),
+        (
+            ENV.replace("<a:MessageID>urn:uuid:1</a:MessageID>", "").format(body="<x/>"),
+            "application/soap+xml",
+            b"MessageAddressingHeaderRequired",
+            b"MessageID",
+        ),
+        (
+            ENV.replace("RegistryStoredQuery", "NoSuchThing").format(body="<x/>"),
+            "application/soap+xml",
+            b"ActionNotSupported",
+            b"NoSuchThing",
+        ),
+        (ENV.format(body="<x/>"), "application/soap+xml", b"Sender", b"AdhocQueryRequest"),
+        (ENV.format(body="<x/>"), "multipart/related; boundary=zzz", b"Sender", b"MTOM"),
+        (ENV.format(body="<x/>"), "application/json", b"Sender", b"Content-Type"),
+    ],
+)
 def test_bad_soap_gets_the_right_fault(clearinghouse, envelope, content_type, code, needle):
     status, body = _post(clearinghouse, "/xds/registry", envelope.encode(), content_type)
     assert status in (400, 415)
@@ -212,10 +247,13 @@ def test_bad_soap_gets_the_right_fault(clearinghouse, envelope, content_type, co
 
 
 def test_wsdl_is_published(clearinghouse):
-    conn = http.client.HTTPSConnection("localhost", clearinghouse.https_port,
-                                       context=clearinghouse.identities["phr"].context(), timeout=30)
-    for path, op in [("/xds/registry", b"DocumentRegistry_RegistryStoredQuery"),
-                     ("/xds/repository", b"DocumentRepository_ProvideAndRegisterDocumentSet-b")]:
+    conn = http.client.HTTPSConnection(
+        "localhost", clearinghouse.https_port, context=clearinghouse.identities["phr"].context(), timeout=30
+    )
+    for path, op in [
+        ("/xds/registry", b"DocumentRegistry_RegistryStoredQuery"),
+        ("/xds/repository", b"DocumentRepository_ProvideAndRegisterDocumentSet-b"),
+    ]:
         conn.request("GET", path + "?wsdl")
         resp = conn.getresponse()
         body = resp.read()
@@ -231,5 +269,9 @@ def test_in_process_peer_cannot_be_claimed_over_the_network(clearinghouse):
 
 def test_https_client_helper_refuses_plain_http_urls(clearinghouse):
     with pytest.raises(ValueError):
-        https_client("http://localhost/xds/registry", clearinghouse.settings.ca_cert_path,
-                     clearinghouse.identities["phr"].cert, clearinghouse.identities["phr"].key)
+        https_client(
+            "http://localhost/xds/registry",
+            clearinghouse.settings.ca_cert_path,
+            clearinghouse.identities["phr"].cert,
+            clearinghouse.identities["phr"].key,
+        )

@@ -19,8 +19,11 @@ def test_repository_registers_with_a_remote_registry(clearinghouse, tmp_path):
     ident = clearinghouse.write_identity("remote-repository", repo_identity)
 
     with running_instance(
-        tmp_path / "remote", registry_url=clearinghouse.url("/xds/registry"),
-        registry_ca=str(clearinghouse.settings.ca_cert_path), client_cert=str(ident.cert), client_key=str(ident.key),
+        tmp_path / "remote",
+        registry_url=clearinghouse.url("/xds/registry"),
+        registry_ca=str(clearinghouse.settings.ca_cert_path),
+        client_cert=str(ident.cert),
+        client_key=str(ident.key),
         repository_unique_id="1.3.6.1.4.1.21367.2026.1.99",
     ) as remote:
         patient = edge.patient_for(edge.new_access_code(), "19751010")
@@ -44,8 +47,11 @@ def test_repository_registers_with_a_remote_registry(clearinghouse, tmp_path):
         stranger = edge.patient_for(edge.new_access_code(), "19751010")
         reply = edge.submit(remote.soap("edge", "/xds/repository"), edge.study(stranger, samples=["MR_small.dcm"]))
         assert "XDSUnknownPatientId" in [c for c, _ in edge.errors_of(reply.body)]
-        assert not any(p.is_file() for p in remote.settings.effective_store_path.rglob("*")
-                       if p.stat().st_size == len(edge.dicom_bytes("MR_small.dcm")))
+        assert not any(
+            p.is_file()
+            for p in remote.settings.effective_store_path.rglob("*")
+            if p.stat().st_size == len(edge.dicom_bytes("MR_small.dcm"))
+        )
 
 
 def test_registry_unreachable_leaves_nothing(tmp_path):
@@ -68,10 +74,12 @@ def test_feed_events_over_tls_and_merge(clearinghouse):
 
         pid_s, rest_s = surviving.split("^^^", 1)
         pid_p, rest_p = prior.split("^^^", 1)
-        a40 = ("MSH|^~\\&|EDGE|SITE-A|CLEARINGHOUSE|ISN|20261123120000||ADT^A40^ADT_A39|M40|P|2.5\r"
-               "EVN|A40|20261123120000\r"
-               f"PID|||{pid_s}^^^{rest_s}\r"
-               f"MRG|{pid_p}^^^{rest_p}\r").encode()
+        a40 = (
+            "MSH|^~\\&|EDGE|SITE-A|CLEARINGHOUSE|ISN|20261123120000||ADT^A40^ADT_A39|M40|P|2.5\r"
+            "EVN|A40|20261123120000\r"
+            f"PID|||{pid_s}^^^{rest_s}\r"
+            f"MRG|{pid_p}^^^{rest_p}\r"
+        ).encode()
         assert b"MSA|AA|" in client.send(a40)
         unknown = edge.feed_message(prior, event="A99")
         assert b"MSA|AR|" in client.send(unknown)

@@ -209,9 +209,7 @@ def _classification(parent: etree._Element, owner: str, scheme: str, code: Code,
     _text(c, "Name", code.display or code.code)
 
 
-def _author(
-    parent: etree._Element, owner: str, scheme: str, person: str | None, inst: str | None, cid: str
-) -> None:
+def _author(parent: etree._Element, owner: str, scheme: str, person: str | None, inst: str | None, cid: str) -> None:
     c = _el(
         parent,
         "Classification",
@@ -227,9 +225,7 @@ def _author(
 
 
 def _external_id(parent: etree._Element, owner: str, scheme: str, value: str, name: str, eid: str) -> None:
-    e = _el(
-        parent, "ExternalIdentifier", id=eid, registryObject=owner, identificationScheme=scheme, value=value
-    )
+    e = _el(parent, "ExternalIdentifier", id=eid, registryObject=owner, identificationScheme=scheme, value=value)
     _text(e, "Name", name)
 
 
@@ -371,9 +367,7 @@ def _folder(root: etree._Element, spec: FolderSpec, folder_id: str, patient: str
         pid = spec.patient_id or patient
         _external_id(rp, folder_id, _FOLDER_SCHEME["patientId"], pid, "XDSFolder.patientId", ids("ei"))
     if "uniqueId" not in spec.omit:
-        _external_id(
-            rp, folder_id, _FOLDER_SCHEME["uniqueId"], spec.unique_id, "XDSFolder.uniqueId", ids("ei")
-        )
+        _external_id(rp, folder_id, _FOLDER_SCHEME["uniqueId"], spec.unique_id, "XDSFolder.uniqueId", ids("ei"))
 
 
 def _association(
@@ -429,9 +423,7 @@ def submission(
     )
     doc_ids = []
     for n, spec in enumerate(docs, start=1):
-        doc_ids.append(
-            _document_entry(object_list, spec, spec.entry_uuid or f"Document{n:02d}", patient, ids)
-        )
+        doc_ids.append(_document_entry(object_list, spec, spec.entry_uuid or f"Document{n:02d}", patient, ids))
     folder_ids = []
     for n, fspec in enumerate(folders, start=1):
         folder_ids.append(fspec.entry_uuid or f"Folder{n:02d}")

@@ -58,8 +58,7 @@ class SoapReply:
 
 
 class Transport(Protocol):
-    def post(self, headers: dict[str, str], body: Iterable[bytes], length: int | None) -> tuple[int, str, BinaryIO]:
-        ...
+    def post(self, headers: dict[str, str], body: Iterable[bytes], length: int | None) -> tuple[int, str, BinaryIO]: ...
 
 
 class HttpsTransport:
@@ -96,11 +95,21 @@ class WsgiTransport:
     def post(self, headers: dict[str, str], body: Iterable[bytes], length: int | None) -> tuple[int, str, BinaryIO]:
         data = b"".join(body)
         environ = {
-            "REQUEST_METHOD": "POST", "PATH_INFO": self.path, "QUERY_STRING": "", "SERVER_NAME": "in-process",
-            "SERVER_PORT": "0", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "https",
-            "wsgi.input": io.BytesIO(data), "wsgi.errors": io.StringIO(), "wsgi.version": (1, 0),
-            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
-            "CONTENT_TYPE": headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(data)),
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": self.path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "in-process",
+            "SERVER_PORT": "0",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "https",
+            "wsgi.input": io.BytesIO(data),
+            "wsgi.errors": io.StringIO(),
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "CONTENT_TYPE": headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(data)),
             PEER_ENVIRON_KEY: self.peer,
         }
         got: dict[str, Any] = {}
@@ -120,13 +129,22 @@ class SoapClient:
         self.transport = transport
         self.spool_dir = spool_dir or Path(tempfile.gettempdir())
 
-    def call(self, action: str, body: etree._Element, *, attachments: list[tuple[str, str, Any]] | None = None,
-             mtom: bool = False, to: str | None = None, message_id: str | None = None) -> SoapReply:
+    def call(
+        self,
+        action: str,
+        body: etree._Element,
+        *,
+        attachments: list[tuple[str, str, Any]] | None = None,
+        mtom: bool = False,
+        to: str | None = None,
+        message_id: str | None = None,
+    ) -> SoapReply:
         env = soapenv.envelope(body, action=action, to=to, message_id=message_id)
         return self.send_envelope(soapenv.to_bytes(env), attachments=attachments, mtom=mtom)
 
-    def send_envelope(self, env_bytes: bytes, *, attachments: list[tuple[str, str, Any]] | None = None,
-                      mtom: bool = False) -> SoapReply:
+    def send_envelope(
+        self, env_bytes: bytes, *, attachments: list[tuple[str, str, Any]] | None = None, mtom: bool = False
+    ) -> SoapReply:
         if attachments or mtom:
             writer = MtomWriter(env_bytes, attachments or [])
             status, ctype, stream = self.transport.post(
@@ -171,7 +189,9 @@ def _fault_from(fault: etree._Element, status: int) -> SoapFault:
     return SoapFault(code, sub, reason, status)
 
 
-def https_client(url: str, ca: Path | str, cert: Path | str, key: Path | str, spool_dir: Path | None = None) -> SoapClient:
+def https_client(
+    url: str, ca: Path | str, cert: Path | str, key: Path | str, spool_dir: Path | None = None
+) -> SoapClient:
     from clearinghouse.tls import client_context
 
     return SoapClient(HttpsTransport(url, client_context(ca, cert, key)), spool_dir)

@@ -87,9 +87,7 @@ class _IheSoap12(Soap12):
         request: SoapRequest = ctx.transport.req_env[_REQUEST_KEY]
         result: SoapResult = ctx.transport.req_env[_RESULT_KEY]
         op = self._by_action[request.action]
-        ctx.out_document = soapenv.envelope(
-            result.body, action=op.response_action, relates_to=request.message_id
-        )
+        ctx.out_document = soapenv.envelope(result.body, action=op.response_action, relates_to=request.message_id)
         return None
 
 
@@ -117,8 +115,11 @@ class SoapEndpoint:
         self.settings = settings
         self.operations = {op.action: op for op in operations}
         app = Application(
-            [_service_for(name, operations)], tns=tns, name=name,
-            in_protocol=_IheSoap12(self.operations, tns), out_protocol=_IheSoap12(self.operations, tns),
+            [_service_for(name, operations)],
+            tns=tns,
+            name=name,
+            in_protocol=_IheSoap12(self.operations, tns),
+            out_protocol=_IheSoap12(self.operations, tns),
         )
         self._spyne = WsgiApplication(app)
 
@@ -159,7 +160,10 @@ class SoapEndpoint:
         if base == "multipart/related":
             try:
                 mtom = parse_multipart_related(
-                    stream, ctype, s.spool_dir, max_root_bytes=s.max_envelope_bytes,
+                    stream,
+                    ctype,
+                    s.spool_dir,
+                    max_root_bytes=s.max_envelope_bytes,
                     max_total_bytes=s.max_request_bytes,
                 )
             except MtomError as exc:
@@ -168,12 +172,13 @@ class SoapEndpoint:
         if base == "text/xml":
             raise SoapFaultError(
                 "SOAP 1.1 (text/xml) is not supported: IHE XDS.b requires SOAP 1.2 (application/soap+xml)",
-                code="VersionMismatch", http_status=400,
+                code="VersionMismatch",
+                http_status=400,
             )
         if base != "application/soap+xml":
             raise SoapFaultError(
-                f"unsupported Content-Type {base or '(none)'!r}: send application/soap+xml or MTOM "
-                "multipart/related", http_status=415,
+                f"unsupported Content-Type {base or '(none)'!r}: send application/soap+xml or MTOM multipart/related",
+                http_status=415,
             )
         length = environ.get("CONTENT_LENGTH") or ""
         limit = s.max_envelope_bytes
@@ -210,10 +215,14 @@ class SoapEndpoint:
             )
         message_id = soapenv.header_value(env, "MessageID")
         if not message_id:
-            raise SoapFaultError("WS-Addressing MessageID header is required", subcode="MessageAddressingHeaderRequired")
+            raise SoapFaultError(
+                "WS-Addressing MessageID header is required", subcode="MessageAddressingHeaderRequired"
+            )
         reply_to = env.find(f"{{{soapenv.SOAP}}}Header/{{{soapenv.WSA}}}ReplyTo/{{{soapenv.WSA}}}Address")
         if reply_to is not None and (reply_to.text or "").strip() != soapenv.WSA_ANONYMOUS:
-            raise SoapFaultError("only the anonymous ReplyTo address is supported", subcode="OnlyAnonymousAddressSupported")
+            raise SoapFaultError(
+                "only the anonymous ReplyTo address is supported", subcode="OnlyAnonymousAddressSupported"
+            )
         body = soapenv.body_child(env)
         op = self.operations[action]
         if body is None or body.tag != op.body_tag:
@@ -226,14 +235,18 @@ class SoapEndpoint:
             raise SoapFaultError("no authenticated client certificate", http_status=403)
         return SoapRequest(peer, env, body, message_id, action, mtom, environ)
 
-    def _dispatch(self, environ: dict[str, Any], start_response: Callable[..., Any], request: SoapRequest) -> Iterable[bytes]:
+    def _dispatch(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], request: SoapRequest
+    ) -> Iterable[bytes]:
         inner = dict(environ)
-        inner.update({
-            "wsgi.input": io.BytesIO(b""),
-            "CONTENT_TYPE": soapenv.SOAP12_CONTENT_TYPE,
-            "CONTENT_LENGTH": "0",
-            _REQUEST_KEY: request,
-        })
+        inner.update(
+            {
+                "wsgi.input": io.BytesIO(b""),
+                "CONTENT_TYPE": soapenv.SOAP12_CONTENT_TYPE,
+                "CONTENT_LENGTH": "0",
+                _REQUEST_KEY: request,
+            }
+        )
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
@@ -269,8 +282,13 @@ def _fault(start_response: Callable[..., Any], exc: SoapFaultError, relates_to: 
     body = soapenv.to_bytes(
         soapenv.fault(exc.code, exc.reason, subcode=exc.subcode, subcode_ns=subcode_ns, relates_to=relates_to)
     )
-    status = {400: "400 Bad Request", 403: "403 Forbidden", 413: "413 Content Too Large",
-              415: "415 Unsupported Media Type", 500: "500 Internal Server Error"}.get(exc.http_status, "400 Bad Request")
+    status = {
+        400: "400 Bad Request",
+        403: "403 Forbidden",
+        413: "413 Content Too Large",
+        415: "415 Unsupported Media Type",
+        500: "500 Internal Server Error",
+    }.get(exc.http_status, "400 Bad Request")
     start_response(status, [("Content-Type", soapenv.SOAP12_CONTENT_TYPE), ("Content-Length", str(len(body)))])
     return [body]
 

@@ -19,8 +19,14 @@ def new_message_id() -> str:
     return f"urn:uuid:{uuid.uuid4()}"
 
 
-def envelope(body: etree._Element | None, *, action: str, message_id: str | None = None,
-             relates_to: str | None = None, to: str | None = None) -> etree._Element:
+def envelope(
+    body: etree._Element | None,
+    *,
+    action: str,
+    message_id: str | None = None,
+    relates_to: str | None = None,
+    to: str | None = None,
+) -> etree._Element:
     """A SOAP 1.2 envelope whose header carries the WS-Addressing properties of the message."""
     env = etree.Element(f"{{{SOAP}}}Envelope", nsmap={"s": SOAP, "a": WSA})
     header = etree.SubElement(env, f"{{{SOAP}}}Header")
@@ -43,8 +49,9 @@ def envelope(body: etree._Element | None, *, action: str, message_id: str | None
     return env
 
 
-def fault(code: str, reason: str, *, subcode: str = "", subcode_ns: str = "",
-          relates_to: str | None = None) -> etree._Element:
+def fault(
+    code: str, reason: str, *, subcode: str = "", subcode_ns: str = "", relates_to: str | None = None
+) -> etree._Element:
     """A SOAP 1.2 Fault envelope; ``code`` is Sender, Receiver, VersionMismatch or MustUnderstand."""
     env = etree.Element(f"{{{SOAP}}}Envelope", nsmap={"s": SOAP, "a": WSA})
     header = etree.SubElement(env, f"{{{SOAP}}}Header")

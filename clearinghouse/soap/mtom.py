@@ -365,9 +365,7 @@ class _MultipartParser:
             )
         if self.root is None:
             if self.start_cid is not None:
-                raise MtomError(
-                    f"root MIME part <{self.start_cid}> named by the 'start' parameter is missing"
-                )
+                raise MtomError(f"root MIME part <{self.start_cid}> named by the 'start' parameter is missing")
             raise MtomError("multipart message contains no body parts")
         msg = MtomMessage(
             root=self.root,
@@ -454,8 +452,7 @@ class _MultipartParser:
             if m is None or m.start() > self.max_header_bytes:
                 if m is not None or len(buf) > self.max_header_bytes + 3:
                     raise MtomError(
-                        f"header block of MIME part #{self.part_count + 1} exceeds "
-                        f"{self.max_header_bytes} bytes"
+                        f"header block of MIME part #{self.part_count + 1} exceeds {self.max_header_bytes} bytes"
                     )
                 self.header_scan = max(0, len(buf) - 2)
                 return False
@@ -642,9 +639,7 @@ def parse_multipart_related(
                 break
             total += len(data)
             if total > max_total_bytes:
-                raise MtomError(
-                    f"multipart message exceeds the limit of {max_total_bytes} bytes", http_status=413
-                )
+                raise MtomError(f"multipart message exceeds the limit of {max_total_bytes} bytes", http_status=413)
             parser.feed(data)
         return parser.finish()
     except BaseException:
@@ -758,9 +753,7 @@ class MtomWriter:
         # SOAP 1.2 puts 'action' on the media type; with MTOM it moves to the outer
         # header, which is where Axis2 and CXF put it and look for it.
         extra = "".join(
-            f"; {k}={_quote_param(_check_header_value(k, v))}"
-            for k, v in params.items()
-            if k not in _OUTER_PARAMS
+            f"; {k}={_quote_param(_check_header_value(k, v))}" for k, v in params.items() if k not in _OUTER_PARAMS
         )
         self.content_type = (
             f"multipart/related; boundary={_quote_param(self.boundary)}; "
@@ -769,8 +762,7 @@ class MtomWriter:
         )
         self._root_head = self._part_head(root_cid, self.root_part_content_type, first=True)
         self._heads = [
-            self._part_head(normalize_content_id(p.content_id), p.content_type, first=False)
-            for p in self.parts
+            self._part_head(normalize_content_id(p.content_id), p.content_type, first=False) for p in self.parts
         ]
         self._tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self._generators: list[Generator[bytes, None, None]] = []
@@ -808,8 +800,7 @@ class MtomWriter:
         if needle in self.root:
             return True
         return any(
-            isinstance(p.source, bytes | bytearray | memoryview) and needle in bytes(p.source)
-            for p in self.parts
+            isinstance(p.source, bytes | bytearray | memoryview) and needle in bytes(p.source) for p in self.parts
         )
 
     def _part_head(self, cid: str, ctype: str, *, first: bool) -> bytes:

@@ -50,13 +50,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("xml", sa.Text, nullable=False),
     )
-    op.create_index(
-        "ix_registry_objects_patient", "registry_objects", ["patient_id", "object_type", "status"]
-    )
+    op.create_index("ix_registry_objects_patient", "registry_objects", ["patient_id", "object_type", "status"])
     op.create_index("ix_registry_objects_unique_id", "registry_objects", ["unique_id"])
-    op.create_index(
-        "uq_registry_objects_unique_id_claim", "registry_objects", ["unique_id_claim"], unique=True
-    )
+    op.create_index("uq_registry_objects_unique_id_claim", "registry_objects", ["unique_id_claim"], unique=True)
     op.create_index("ix_registry_objects_submission_set", "registry_objects", ["submission_set_uuid"])
     op.create_index("ix_registry_objects_owner", "registry_objects", ["owner_uuid"])
     op.create_index("ix_registry_objects_created_at", "registry_objects", ["created_at"])
