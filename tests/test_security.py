@@ -246,18 +246,46 @@ def test_bad_soap_gets_the_right_fault(clearinghouse, envelope, content_type, co
     assert code in body and needle in body, body
 
 
-def test_wsdl_is_published(clearinghouse):
+def test_wsdl_is_published_with_the_ihe_messages_and_actions(clearinghouse):
+    from lxml import etree
+
     conn = http.client.HTTPSConnection(
         "localhost", clearinghouse.https_port, context=clearinghouse.identities["phr"].context(), timeout=30
     )
-    for path, op in [
-        ("/xds/registry", b"DocumentRegistry_RegistryStoredQuery"),
-        ("/xds/repository", b"DocumentRepository_ProvideAndRegisterDocumentSet-b"),
-    ]:
+    expected = {
+        "/xds/registry": {
+            "DocumentRegistry_RegisterDocumentSet-b": (
+                "urn:ihe:iti:2007:RegisterDocumentSet-b",
+                "SubmitObjectsRequest",
+            ),
+            "DocumentRegistry_RegistryStoredQuery": ("urn:ihe:iti:2007:RegistryStoredQuery", "AdhocQueryRequest"),
+        },
+        "/xds/repository": {
+            "DocumentRepository_ProvideAndRegisterDocumentSet-b": (
+                "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b",
+                "ProvideAndRegisterDocumentSetRequest",
+            ),
+            "DocumentRepository_RetrieveDocumentSet": (
+                "urn:ihe:iti:2007:RetrieveDocumentSet",
+                "RetrieveDocumentSetRequest",
+            ),
+        },
+    }
+    w = {"w": "http://schemas.xmlsoap.org/wsdl/", "s12": "http://schemas.xmlsoap.org/wsdl/soap12/"}
+    for path, ops in expected.items():
         conn.request("GET", path + "?wsdl")
         resp = conn.getresponse()
-        body = resp.read()
-        assert resp.status == 200 and b"wsdl:definitions" in body and op in body
+        assert resp.status == 200
+        doc = etree.fromstring(resp.read())
+        address = doc.find("w:service/w:port/s12:address", w).get("location")
+        assert address == f"https://localhost:{clearinghouse.https_port}{path}"
+        for name, (action, element) in ops.items():
+            op = doc.find(f"w:binding/w:operation[@name='{name}']/s12:operation", w)
+            assert op.get("soapAction") == action
+            part = doc.find(f"w:message[@name='{name}_Message']/w:part", w)
+            assert part.get("element").endswith(":" + element)
+            pt = doc.find(f"w:portType/w:operation[@name='{name}']/w:output", w)
+            assert pt.get("{http://www.w3.org/2006/05/addressing/wsdl}Action") == action + "Response"
     conn.close()
 
 
