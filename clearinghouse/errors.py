@@ -110,6 +110,14 @@ class XDSTooManyResults(XdsError):
     code = "XDSTooManyResults"
 
 
+class XDSResultNotSinglePatient(XdsError):
+    code = "XDSResultNotSinglePatient"
+
+
+class XDSUnknownCommunity(XdsError):
+    code = "XDSUnknownCommunity"
+
+
 class XDSRegistryNotAvailable(XdsError):
     code = "XDSRegistryNotAvailable"
 

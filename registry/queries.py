@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session
 from clearinghouse.errors import (
     XdsError,
     XDSRegistryError,
+    XDSResultNotSinglePatient,
     XDSStoredQueryParamNumber,
     XDSTooManyResults,
+    XDSUnknownCommunity,
     XDSUnknownStoredQuery,
 )
 from clearinghouse.xmlsafe import NS, qname
@@ -46,8 +48,8 @@ OBJECT_REF = "ObjectRef"
 LEAF_CLASS = "LeafClass"
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 
-RESULT_NOT_SINGLE_PATIENT = "XDSResultNotSinglePatient"
-UNKNOWN_COMMUNITY = "XDSUnknownCommunity"
+RESULT_NOT_SINGLE_PATIENT = XDSResultNotSinglePatient.code
+UNKNOWN_COMMUNITY = XDSUnknownCommunity.code
 
 
 # --- value syntax --------------------------------------------------------------------------------

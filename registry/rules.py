@@ -18,7 +18,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from clearinghouse.errors import RegistryErrorItem
+from clearinghouse.errors import (
+    RegistryErrorItem,
+    UnresolvedReferenceException,
+    XDSDuplicateUniqueIdInRegistry,
+    XDSNonIdenticalHash,
+    XDSNonIdenticalSize,
+    XDSPatientIdDoesNotMatch,
+    XDSRegistryDuplicateUniqueIdInMessage,
+    XDSRegistryMetadataError,
+    XDSUnknownPatientId,
+)
 from clearinghouse.rsna_id import parse_cx
 from registry import metadata as md
 from registry.metadata import (
@@ -31,14 +41,15 @@ from registry.metadata import (
     SubmissionSet,
 )
 
-METADATA_ERROR = "XDSRegistryMetadataError"
-DUPLICATE_IN_MESSAGE = "XDSRegistryDuplicateUniqueIdInMessage"
-DUPLICATE_IN_REGISTRY = "XDSDuplicateUniqueIdInRegistry"
-NON_IDENTICAL_HASH = "XDSNonIdenticalHash"
-NON_IDENTICAL_SIZE = "XDSNonIdenticalSize"
-PATIENT_MISMATCH = "XDSPatientIdDoesNotMatch"
-UNKNOWN_PATIENT = "XDSUnknownPatientId"
-UNRESOLVED = "UnresolvedReferenceException"
+# Error codes come from the typed errors, so every code is spelled in one place (clearinghouse/errors.py).
+METADATA_ERROR = XDSRegistryMetadataError.code
+DUPLICATE_IN_MESSAGE = XDSRegistryDuplicateUniqueIdInMessage.code
+DUPLICATE_IN_REGISTRY = XDSDuplicateUniqueIdInRegistry.code
+NON_IDENTICAL_HASH = XDSNonIdenticalHash.code
+NON_IDENTICAL_SIZE = XDSNonIdenticalSize.code
+PATIENT_MISMATCH = XDSPatientIdDoesNotMatch.code
+UNKNOWN_PATIENT = XDSUnknownPatientId.code
+UNRESOLVED = UnresolvedReferenceException.code
 
 
 # --- value formats -------------------------------------------------------------------------------
