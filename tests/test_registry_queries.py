@@ -31,9 +31,6 @@ from registry.queries import parse_literal
 from tests import xds_samples as xs
 
 PG_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL", "")
-# SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project ships psycopg2.
-if PG_URL.startswith("postgresql://"):
-    PG_URL = "postgresql+psycopg2://" + PG_URL[len("postgresql://") :]
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "ebRS"
 MIGRATION = Path(__file__).resolve().parents[1] / "registry" / "migrations" / "registry_0001_objects.py"
