@@ -23,6 +23,10 @@ log = logging.getLogger("clearinghouse.https")
 
 PEER_ENVIRON_KEY = "clearinghouse.peer"
 
+# One TLS record carries at most 16 KiB of plaintext, so a single recv never returns more; larger
+# buffers would only be allocated (and, by _pyio, zeroed) for nothing on every record.
+_MAX_RECV = 64 * 1024
+
 
 class _TlsRawIO(_pyio.RawIOBase):
     def __init__(self, stream: TlsStream) -> None:
@@ -34,11 +38,20 @@ class _TlsRawIO(_pyio.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes:
+        # _pyio's RawIOBase.read allocates and zeroes a bytearray of ``size`` (1 MiB when the MTOM
+        # parser reads) for each TLS record of <= 16 KiB; pyOpenSSL allocates another one.
+        if size is None or size < 0:
+            return self.readall()
+        return self._stream.recv(min(size, _MAX_RECV))
+
     def readinto(self, b: Any) -> int:
-        return self._stream.recv_into(memoryview(b).cast("B"))
+        view = memoryview(b).cast("B")
+        return self._stream.recv_into(view, min(len(view), _MAX_RECV))
 
     def write(self, b: Any) -> int:
-        return self._stream.send(bytes(b))
+        # pyOpenSSL takes any buffer: no copy (SSL_write sends one record and reports its length).
+        return self._stream.send(b)
 
 
 class _Reader(StreamReader):
@@ -51,6 +64,20 @@ class _Writer(StreamWriter):
     def __init__(self, stream: TlsStream, bufsize: int) -> None:  # noqa: D107
         _pyio.BufferedWriter.__init__(self, _TlsRawIO(stream), bufsize)
         self.bytes_written = 0
+
+    def _flush_unlocked(self) -> None:
+        # cheroot's version sends bytes(whole buffer) and drops what went out: with partial TLS
+        # writes of 16 KiB that copies a 1 MiB MTOM chunk 64 times. Send slices of a view instead.
+        self._checkClosed("flush of closed file")
+        sent = 0
+        with memoryview(self._write_buf) as view:
+            try:
+                while sent < len(view):
+                    with view[sent:] as rest:
+                        sent += self.raw.write(rest)
+            except _pyio.BlockingIOError as exc:
+                sent += exc.characters_written
+        del self._write_buf[:sent]
 
 
 class _SocketFacade:
