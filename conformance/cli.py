@@ -57,6 +57,9 @@ def cmd_phr_fetch(args: argparse.Namespace) -> int:
 
 
 def add_simulator_commands(sub: Any) -> None:
+    from conformance.run import add_conformance_commands
+
+    add_conformance_commands(sub)
     edge = sub.add_parser("edge", help="the reference edge simulator")
     esub = edge.add_subparsers(dest="edge_command", required=True)
     send = esub.add_parser("send", help="feed a patient and submit DICOM files or folders and a report")

@@ -182,6 +182,27 @@ class EdgeSimulator:
             raise EdgeError(f"the patient identity feed was not accepted: {ack.decode(errors='replace')!r}")
         return ack
 
+    def submit(
+        self,
+        patient_id: str,
+        study: Study,
+        *,
+        inline: bool = False,
+        specs: list[xb.DocSpec] | None = None,
+    ) -> tuple[SoapReply, str]:
+        """Send ITI-41 for ``study`` filed under ``patient_id``; returns the reply and the request's MessageID."""
+        specs = specs if specs is not None else self.document_specs(study)
+        request, parts = provide_and_register_request(patient_id, study, specs, source_id=self.source_id, inline=inline)
+        message_id = f"urn:uuid:{uuid.uuid4()}"
+        reply = self.repository.call(
+            ITI41_ACTION, request, attachments=parts or None, mtom=not inline, message_id=message_id
+        )
+        reply.close()
+        return reply, message_id
+
+    def document_specs(self, study: Study) -> list[xb.DocSpec]:
+        return document_specs(study, faults=self.faults, repository_unique_id=self.repository_unique_id)
+
     def send(
         self,
         study: Study,
@@ -191,6 +212,7 @@ class EdgeSimulator:
         access_code: str | None = None,
         inline: bool = False,
     ) -> Submission:
+        """What an edge does for one exam: new access code, feed the RSNA-ID, submit the study."""
         code = access_code or new_access_code()
         rsna = compute_rsna_id(code, dob, password)
         patient = patient_cx(rsna, self.oid)
@@ -198,17 +220,16 @@ class EdgeSimulator:
         submitted_as = patient
         if Fault.WRONG_RSNA_ID in self.faults:
             submitted_as = patient_cx(compute_rsna_id(code, wrong_dob(dob), password), self.oid)
-        specs = document_specs(study, faults=self.faults, repository_unique_id=self.repository_unique_id)
-        request, parts = provide_and_register_request(
-            submitted_as, study, specs, source_id=self.source_id, inline=inline
-        )
-        reply: SoapReply = self.repository.call(ITI41_ACTION, request, attachments=parts or None, mtom=not inline)
-        reply.close()
+        specs = self.document_specs(study)
+        reply, _ = self.submit(submitted_as, study, inline=inline, specs=specs)
         status = reply.body.get("status", "")
-        errors = [(e.get("errorCode"), e.get("codeContext")) for e in reply.body.iter(qname("rs", "RegistryError"))]
         if status != SUCCESS:
-            raise EdgeError(f"submission refused: {status}: {errors}")
+            raise EdgeError(f"submission refused: {status}: {registry_errors(reply.body)}")
         return Submission(code, dob, password, rsna, patient, study, [s.unique_id or "" for s in specs], status)
+
+
+def registry_errors(body: etree._Element) -> list[tuple[str | None, str | None]]:
+    return [(e.get("errorCode"), e.get("codeContext")) for e in body.iter(qname("rs", "RegistryError"))]
 
 
 def access_sheet(sub: Submission, clearinghouse: str) -> str:
