@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from atna.api import PATH as AUDIT_EVENT_PATH
+from atna.service import AuditService, build_audit_service
 from clearinghouse import db, pki
 from clearinghouse.config import Settings
 from clearinghouse.https import HttpsServer
@@ -22,6 +24,7 @@ from clearinghouse.mllp import MllpServer
 from clearinghouse.peer import INTERNAL_REPOSITORY
 from clearinghouse.soap.client import HttpsTransport, SoapClient, WsgiTransport
 from clearinghouse.tls import ServerTLS, TrustPolicy, client_context
+from pix_manager.service import PixService, build_pix_service
 from registry.feed import PatientIdentityFeed
 from registry.service import registry_endpoint
 from repository.service import RegistryClient, repository_endpoint
@@ -39,6 +42,11 @@ class Router:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         app = self.routes.get(path.rstrip("/") or "/")
+        if app is None:
+            # Routes ending in "/" also serve everything below them (e.g. /fhir/AuditEvent/{id}).
+            app = next(
+                (a for prefix, a in self.routes.items() if prefix.endswith("/") and path.startswith(prefix)), None
+            )
         if app is None:
             body = b"not found; endpoints: " + ", ".join(sorted(self.routes)).encode() + b"\n"
             start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -68,8 +76,12 @@ class Clearinghouse:
     https: HttpsServer
     feed: MllpServer
     endpoints: dict[str, str] = field(default_factory=dict)
+    audit: AuditService | None = None
+    pix: PixService | None = None
 
     def start(self) -> None:
+        if self.audit is not None:
+            self.audit.start()
         self.https.start()
         self.feed.start()
         host = self.settings.bind if ":" not in self.settings.bind else f"[{self.settings.bind}]"
@@ -78,10 +90,19 @@ class Clearinghouse:
             "ITI-42/ITI-18 registry": f"https://{host}:{self.https.port}/xds/registry",
             "ITI-8 patient identity feed (MLLP/TLS)": f"mllp+tls://{host}:{self.feed.port}",
         }
+        if self.audit is not None:
+            self.endpoints.update(self.audit.endpoints(host, self.https.port))
+        if self.pix is not None:
+            self.pix.start()
+            self.endpoints.update(self.pix.endpoints(host, self.https.port))
 
     def stop(self) -> None:
         self.https.stop()
         self.feed.stop()
+        if self.pix is not None:
+            self.pix.stop()
+        if self.audit is not None:
+            self.audit.stop()
         self.engine.dispose()
 
 
@@ -92,6 +113,7 @@ def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = T
         db.upgrade(engine)
     sessions = db.session_factory(engine)
     tls = ServerTLS(settings.server_cert_path, settings.server_key_path, settings.ca_cert_path, TrustPolicy(sessions))
+    audit_service = build_audit_service(settings, engine, tls)
     store = FilesystemStore(settings.effective_store_path)
     registry = registry_endpoint(settings, sessions)
     if settings.registry_url:
@@ -101,10 +123,10 @@ def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = T
         )
     else:
         transport = WsgiTransport(registry, INTERNAL_REPOSITORY)
-    repository = repository_endpoint(
-        settings, sessions, store, RegistryClient(SoapClient(transport, settings.spool_dir))
-    )
+    registry_client = SoapClient(transport, settings.spool_dir)
+    repository = repository_endpoint(settings, sessions, store, RegistryClient(registry_client))
     app = Router({"/xds/registry": registry, "/xds/repository": repository})
+    app.routes[AUDIT_EVENT_PATH] = app.routes[AUDIT_EVENT_PATH + "/"] = audit_service.api
     https = HttpsServer(settings.bind, settings.https_port, app, tls, threads=settings.http_threads)
     feed_handler = PatientIdentityFeed(sessions, settings)
     feed = MllpServer(
@@ -115,4 +137,16 @@ def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = T
         max_message_bytes=settings.max_hl7_message_bytes,
         name="feed",
     )
-    return Clearinghouse(settings, engine, sessions, https, feed)
+    # The PIX Manager feeds merges to the registry through the registry's ITI-8 handler (or a remote feed port).
+    pix = build_pix_service(
+        settings, engine, tls, feed_handler.handle, audit_sink=audit_service.sink, audit_node=audit_service.auditor.node
+    )
+    app.routes.update(pix.routes)
+    audit_service.attach(
+        tls=tls,
+        endpoints=[registry, repository],
+        clients={settings.registry_url or "in-process:/xds/registry": registry_client},
+        listeners=[feed, pix.server],
+        feed_handlers=[feed_handler, pix.handler],
+    )
+    return Clearinghouse(settings, engine, sessions, https, feed, audit=audit_service, pix=pix)

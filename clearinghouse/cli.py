@@ -41,7 +41,16 @@ def _sessions(settings: Settings):  # noqa: ANN202
 def cmd_serve(args: argparse.Namespace) -> int:
     from clearinghouse.app import build
 
-    settings = _settings(args, bind=args.bind, https_port=args.https_port, feed_port=args.feed_port)
+    settings = _settings(
+        args, bind=args.bind, https_port=args.https_port, feed_port=args.feed_port, pix_port=args.pix_port
+    )
+    settings = settings.replace(
+        **{
+            k: v
+            for k, v in (("syslog_tls_port", args.syslog_tls_port), ("syslog_udp_port", args.syslog_udp_port))
+            if v is not None
+        }
+    )
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ch = build(settings)
     stop = threading.Event()
@@ -74,6 +83,7 @@ def cmd_participants_add(args: argparse.Namespace) -> int:
     identity = pki.issue_certificate(ca, args.name, client=True)
     with db.transaction(sessions) as session:
         view = participants.register(session, args.name, roles, identity.certificate, "issued")
+    _audit_participant(settings, sessions, "add", view)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pki.write_private(out / f"{args.name}.key.pem", identity.key_pem)
@@ -95,6 +105,7 @@ def cmd_participants_import(args: argparse.Namespace) -> int:
     cert = pki.load_certificate(Path(args.cert).read_bytes())
     with db.transaction(sessions) as session:
         view = participants.register(session, args.name, args.role, cert, "imported")
+    _audit_participant(settings, sessions, "import", view)
     print(
         f"participant {view.name} ({', '.join(sorted(view.roles))}) imported: {view.subject}, "
         f"SHA-256 {view.fingerprint}"
@@ -117,11 +128,26 @@ def cmd_participants_list(args: argparse.Namespace) -> int:
 
 
 def cmd_participants_revoke(args: argparse.Namespace) -> int:
-    sessions = _sessions(_settings(args))
+    settings = _settings(args)
+    sessions = _sessions(settings)
     with db.transaction(sessions) as session:
         view = participants.revoke(session, args.name)
+    _audit_participant(settings, sessions, "revoke", view)
     print(f"participant {view.name} revoked: its certificate is refused from now on")
     return 0
+
+
+def _audit_participant(settings: Settings, sessions: Any, change: str, view: participants.ParticipantView) -> None:
+    from atna.cli import participant_changed
+
+    engine = sessions.kw["bind"]
+    participant_changed(settings, engine, change, view.name, view.roles, view.fingerprint, view.subject)
+
+
+def _run_audit(handler: Any, args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    sessions = _sessions(settings)
+    return handler(args, settings, sessions.kw["bind"])
 
 
 def cmd_rsna_id(args: argparse.Namespace) -> int:
@@ -141,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", help="address to listen on (env CLEARINGHOUSE_BIND, default 127.0.0.1)")
     s.add_argument("--https-port", type=int, help="HTTPS port for the SOAP endpoints (default 8443)")
     s.add_argument("--feed-port", type=int, help="ITI-8 patient identity feed, MLLP/TLS (default 8890)")
+    s.add_argument("--pix-port", type=int, help="PIX Manager ITI-8/ITI-9, MLLP/TLS (default 8888)")
+    s.add_argument("--syslog-tls-port", type=int, help="ITI-20 audit records, syslog over TLS (default 6514)")
+    s.add_argument("--syslog-udp-port", type=int, help="ITI-20 audit records, syslog over UDP (default 5514)")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("db", help="database maintenance")
@@ -172,6 +201,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("name")
     r.set_defaults(func=cmd_participants_revoke)
 
+    from atna.cli import register as register_audit_commands
+
+    register_audit_commands(sub, _common, _run_audit)
+
+    from pix_manager.cli import register as register_pix_commands
+
+    register_pix_commands(sub, _common, lambda a: _sessions(_settings(a)))
+
     ri = sub.add_parser("rsna-id", help="compute the RSNA-ID and affinity-domain patient ID")
     ri.add_argument("--home", help=argparse.SUPPRESS)
     ri.add_argument("--access-code", required=True)
@@ -180,6 +217,10 @@ def parser() -> argparse.ArgumentParser:
     ri.add_argument("--algorithm", help=f"one of {', '.join(rsna_id.available_algorithms())}")
     ri.add_argument("--oid", help="assigning authority OID (default: configured affinity domain)")
     ri.set_defaults(func=cmd_rsna_id)
+
+    from conformance.cli import add_simulator_commands
+
+    add_simulator_commands(sub)
     return p
 
 
@@ -190,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (participants.ParticipantError, ValueError, FileNotFoundError) as exc:
         print(f"clearinghouse: error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as exc:  # refused by a peer, or the peer could not be reached
+        print(f"clearinghouse: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -47,8 +47,32 @@ class Settings:
     max_xml_depth: int = 64
     max_hl7_message_bytes: int = 1024 * 1024
     query_max_results: int = 1000
+    # Registry load limits: transactions running at once (more wait up to registry_busy_wait_ms, then
+    # XDSRegistryBusy), and how long a registry write waits for a PostgreSQL row/table lock.
+    registry_max_concurrent: int = 12
+    registry_busy_wait_ms: int = 2000
+    registry_lock_timeout_ms: int = 10000
     http_threads: int = 16
     log_level: str = "INFO"
+    # Audit Record Repository (atna): ITI-20 syslog over TLS (RFC 5425) and UDP (RFC 5426).
+    syslog_tls_port: int = 6514
+    syslog_udp_port: int = 5514
+    max_syslog_message_bytes: int = 1024 * 1024
+    # Where this node's audit events go: empty for the built-in repository, or syslog+tls://HOST:PORT
+    # (identity: client_cert/client_key; trust: audit_repository_ca, default this server's CA).
+    audit_repository_url: str = ""
+    audit_repository_ca: str = ""
+    audit_source_id: str = "ISN-CLEARINGHOUSE"
+    audit_site_id: str = ""
+    # PIX Manager (pix_manager): ITI-8/9/10 over MLLP/TLS on its own port; ITI-10 and registry
+    # deliveries retried from pix_notify_retry_ms (doubling) up to pix_notify_max_attempts, then
+    # dead letters; accepted messages remembered for duplicate control for this many hours.
+    pix_port: int = 8888
+    pix_notify_max_attempts: int = 5
+    pix_notify_retry_ms: int = 2000
+    pix_duplicate_window_hours: int = 168
+    # Where merges of affinity-domain identifiers are fed (ITI-8); empty: the in-process registry.
+    pix_registry_feed_url: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -58,6 +82,10 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.home / "spool"
+
+    @property
+    def audit_spool_dir(self) -> Path:
+        return self.home / "audit-spool"
 
     @property
     def effective_database_url(self) -> str:

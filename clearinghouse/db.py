@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Packages whose ``migrations`` folder is an Alembic branch of this database.
-MIGRATION_PACKAGES = ("clearinghouse", "registry", "repository")
+MIGRATION_PACKAGES = ("clearinghouse", "registry", "repository", "atna", "pix_manager")
 
 
 class Base(DeclarativeBase):

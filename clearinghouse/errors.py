@@ -130,6 +130,54 @@ class UnresolvedReferenceException(XdsError):
     code = "UnresolvedReferenceException"
 
 
+class XDSStoredQueryMissingParam(XdsError):
+    code = "XDSStoredQueryMissingParam"
+
+
+class XDSRegistryOutOfResources(XdsError):
+    code = "XDSRegistryOutOfResources"
+
+
+class XDSRepositoryBusy(XdsError):
+    code = "XDSRepositoryBusy"
+
+
+class XDSRepositoryOutOfResources(XdsError):
+    code = "XDSRepositoryOutOfResources"
+
+
+class XDSRegistryDeprecatedDocumentError(XdsError):
+    """An association of the submission references a Deprecated DocumentEntry (ITI TF-3 4.2.4.1)."""
+
+    code = "XDSRegistryDeprecatedDocumentError"
+
+
+# ITI-57 Update Document Set (XDS Metadata Update, ITI TF-2b 3.57.4.1.3.5).
+class XDSMetadataUpdateError(XdsError):
+    code = "XDSMetadataUpdateError"
+
+
+class XDSMetadataVersionError(XdsError):
+    code = "XDSMetadataVersionError"
+
+
+class XDSMetadataUpdateOperationError(XdsError):
+    code = "XDSMetadataUpdateOperationError"
+
+
+class XDSPatientIDReconciliationError(XdsError):
+    code = "XDSPatientIDReconciliationError"
+
+
+# ITI-62 Delete Document Set (Remove Metadata, ITI TF-2b 3.62.4.1.3).
+class ReferencesExistException(XdsError):
+    code = "ReferencesExistException"
+
+
+class XDSUnreferencedObjectException(XdsError):
+    code = "XDSUnreferencedObjectException"
+
+
 class AccessDenied(ClearinghouseError):
     """The authenticated peer is not allowed this transaction (answered as a SOAP Sender fault / HL7 AR)."""
 
@@ -168,3 +216,75 @@ class HL7Error(ClearinghouseError):
         self.ack_code = ack_code
         self.error_code = error_code
         self.location = location
+
+
+class PixError(HL7Error):
+    """A PIX Manager refusal and its answer in each of its protocols: the HL7 v2 acknowledgement code
+    and table 0357 code (HL7 v3 acknowledgementDetail carries the same code, as ITI-45 does for 204),
+    and the PIXm (ITI-83) HTTP status with its FHIR issue type. ``location`` is an ERR-2 location."""
+
+    error_code_default = "207"
+    http_status = 400
+    fhir_code = "invalid"
+
+    def __init__(self, text: str, *, location: str = "", ack_code: str = "AE") -> None:
+        super().__init__(text, ack_code=ack_code, error_code=self.error_code_default, location=location)
+
+
+class PixUnknownDomain(PixError):
+    """An assigning authority that is not one of the configured Patient Identification Domains
+    (ITI-9 case 4, ITI-83 "sourceIdentifier Assigning Authority not found")."""
+
+    error_code_default = "204"
+    fhir_code = "code-invalid"
+
+
+class PixUnknownTargetDomain(PixError):
+    """A requested domain (QPD-4, DataSource, targetSystem) that is not configured (ITI-9/45 case 5,
+    ITI-83 "targetSystem not found", HTTP 403)."""
+
+    error_code_default = "204"
+    http_status = 403
+    fhir_code = "code-invalid"
+
+
+class PixUnknownPatientId(PixError):
+    """An identifier of a known domain that the manager does not hold, or that a merge retired
+    (ITI-9 case 3, ITI-45 case 4, ITI-83 HTTP 404)."""
+
+    error_code_default = "204"
+    http_status = 404
+    fhir_code = "not-found"
+
+
+class PixMissingField(PixError):
+    error_code_default = "101"
+    fhir_code = "required"
+
+
+class PixInvalidField(PixError):
+    error_code_default = "102"
+
+
+class PixTableValueNotFound(PixError):
+    error_code_default = "103"
+    fhir_code = "code-invalid"
+
+
+class PixDuplicateControlId(PixError):
+    """A message control id this sender already used for a different message."""
+
+    error_code_default = "205"
+    http_status = 409
+    fhir_code = "duplicate"
+
+
+class PixNotDomainSource(PixError):
+    """Identifiers of a domain fed by a participant that is not that domain's configured Patient
+    Identity Source (ITI TF-2a 3.8.4.1.3: one source per domain)."""
+
+    http_status = 403
+    fhir_code = "forbidden"
+
+    def __init__(self, text: str, *, location: str = "") -> None:
+        super().__init__(text, location=location, ack_code="AR")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -415,6 +415,38 @@ def build_ack(
     The request's separators, version and charset are reused so the sender can read the answer;
     its MSH-3/4 become our MSH-5/6 and its control id goes to MSA-2.
     """
+    return build_reply(
+        msg,
+        ack_code,
+        text=text,
+        errors=[error] if error else (),
+        sending_app=sending_app,
+        sending_facility=sending_facility,
+        now=now,
+        control_id=control_id,
+    )
+
+
+def build_reply(
+    msg: Message | None,
+    ack_code: str,
+    *,
+    message_type: str = "",
+    text: str = "",
+    errors: Sequence[HL7Error] = (),
+    segments: Sequence[str] = (),
+    sending_app: str = "CLEARINGHOUSE",
+    sending_facility: str = "ISN",
+    now: datetime | None = None,
+    control_id: str | None = None,
+    accept_ack_type: str = "",
+    application_ack_type: str = "",
+) -> bytes:
+    """A response to ``msg``: MSH, MSA, one ERR per error, then ``segments`` (already encoded with
+    the request's separators, e.g. QAK/QPD/PID of an RSP^K23). ``message_type`` is MSH-9 with the
+    request's component separator (default ``ACK^<trigger>^ACK``); ``ack_code`` may be an original
+    (AA/AE/AR) or enhanced-mode accept (CA/CE/CR) code. MSH-15/16 are for a response that is itself
+    a message in enhanced mode (an application acknowledgement)."""
     seps = msg.separators if msg else Separators()
     h = msg.header if msg else None
     raw = h.raw if h else (lambda _field: "")
@@ -422,7 +454,7 @@ def build_ack(
     version = raw(12).split(c)[0] if h and _VERSION.fullmatch(raw(12).split(c)[0]) else DEFAULT_VERSION
     codec = msg.encoding if msg else "ascii"
     when = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
-    text = (text or (error.text if error else ""))[:1000]
+    text = (text or (errors[0].text if errors else ""))[:1000]
     trigger = escape(msg.trigger_event, seps) if msg else ""
     msh = [
         "MSH",
@@ -433,29 +465,37 @@ def build_ack(
         raw(4),
         when,
         "",
-        f"ACK{c}{trigger}{c}ACK",
+        message_type or f"ACK{c}{trigger}{c}ACK",
         escape(control_id or new_control_id(), seps),
         raw(11) or "P",
         version,
     ]
-    if h and raw(18):
-        msh += [""] * 5 + [raw(18)]  # MSH-13..17 empty, MSH-18 as received
-    segments = [fs.join(msh)]
+    # MSH-13..17 empty but for the acknowledgement types; MSH-18 as received.
+    tail = ["", "", escape(accept_ack_type, seps), escape(application_ack_type, seps), "", raw(18) if h else ""]
+    while tail and not tail[-1]:
+        tail.pop()
+    msh += tail
+    out = [fs.join(msh)]
     msa = ["MSA", ack_code, raw(10)]
     new_layout = _layout_25(version)
-    if text and not (error and new_layout):
+    if text and not (errors and new_layout):
         msa.append(escape(text, seps))
-    segments.append(fs.join(msa).rstrip(fs))
-    if error:
+    out.append(fs.join(msa).rstrip(fs))
+    old_layout_reps = []
+    for error in errors:
         code = error.error_code
         desc = escape(ERROR_TEXTS.get(code, "Application error"), seps)
         loc = [escape(p, seps) for p in error.location.split("^")] if error.location else []
         if new_layout:
             severity = "W" if ack_code in ("AA", "CA") else "E"
-            err = ["ERR", "", c.join(loc), f"{code}{c}{desc}{c}HL70357", severity, "", "", "", escape(text, seps)]
+            detail = escape(text if len(errors) == 1 else error.text[:1000], seps)
+            err = ["ERR", "", c.join(loc), f"{code}{c}{desc}{c}HL70357", severity, "", "", "", detail]
+            out.append(fs.join(err).rstrip(fs))
         else:
             loc = (loc + ["", "", ""])[:3]
             s = seps.subcomponent
-            err = ["ERR", c.join([*loc, f"{code}{s}{desc}{s}HL70357"])]
-        segments.append(fs.join(err).rstrip(fs))
-    return ("\r".join(segments) + "\r").encode(codec, "replace")
+            old_layout_reps.append(c.join([*loc, f"{code}{s}{desc}{s}HL70357"]))
+    if old_layout_reps:  # 2.3.1: one ERR whose ERR-1 repeats
+        out.append(fs.join(["ERR", seps.repetition.join(old_layout_reps)]))
+    out.extend(segments)
+    return ("\r".join(out) + "\r").encode(codec, "replace")

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from clearinghouse import hl7
@@ -105,14 +105,21 @@ class ServerTLSLike(Protocol):
     def accept(self, sock: socket.socket) -> tuple[TlsStreamLike, Peer]: ...
 
 
-Handler = Callable[[Peer, bytes], bytes]
+# A handler answers with one message, several (an enhanced-mode accept acknowledgement followed by
+# the application acknowledgement) or none (a message that must not be answered, such as an ACK).
+Handler = Callable[[Peer, bytes], "bytes | Sequence[bytes] | None"]
 
 
 class MllpServer:
     """Accepts TLS connections and answers each framed message with ``handler(peer, message)``.
 
     One thread per connection: feeds are few, long-lived connections from known sites.
+    Subclasses speaking another framing over the same TLS listener override ``_converse``.
     """
+
+    # Called after each answered message with (listener name, peer, address, message, response);
+    # set by the composition (clearinghouse.audit_events.Auditor.hl7_message). Must not raise.
+    audit_hook: Callable[[str, Peer, str, bytes, bytes], None] | None = None
 
     def __init__(
         self,
@@ -256,13 +263,19 @@ class MllpServer:
                 log.debug("%s: %s closed the connection", self.name, address)
                 return
             response = self._dispatch(peer, message)
+            frames = [response] if isinstance(response, bytes) else list(response or ())
+            if self.audit_hook is not None:
+                try:
+                    self.audit_hook(self.name, peer, address, message, frames[0] if frames else b"")
+                except Exception:  # noqa: BLE001 - auditing never fails the exchange it records
+                    log.exception("%s: audit hook failed", self.name)
             try:
-                stream.sendall(frame(response))
+                stream.sendall(b"".join(frame(r) for r in frames))
             except Exception as exc:  # noqa: BLE001 - the peer went away before its answer
                 log.info("%s: could not answer %s: %s", self.name, address, exc)
                 return
 
-    def _dispatch(self, peer: Peer, message: bytes) -> bytes:
+    def _dispatch(self, peer: Peer, message: bytes) -> bytes | Sequence[bytes] | None:
         try:
             return self._handler(peer, message)
         except Exception:

@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class _HandshakeState:
     errors: list[tuple[int, int]] = field(default_factory=list)
     participant: participants.ParticipantView | None = None
     refusal: str = ""
+    subject: str = ""  # of the refused certificate, for the audit trail
 
 
 class TrustPolicy:
@@ -105,6 +107,10 @@ def _verify_error_text(err: int) -> str:
 class ServerTLS:
     """The server's TLS identity and trust policy; ``accept`` performs a handshake on an accepted socket."""
 
+    # Called for each refused handshake with (peer address, local address, certificate subject or "",
+    # reason); set by the composition (clearinghouse.audit_events.Auditor.tls_refused). Must not raise.
+    audit_hook: Callable[[str, str, str, str], None] | None = None
+
     def __init__(self, cert_path: Path, key_path: Path, ca_path: Path, policy: TrustPolicy) -> None:
         self.policy = policy
         self._states: dict[int, _HandshakeState] = {}
@@ -134,6 +140,7 @@ class ServerTLS:
         if participant is None:
             if not state.refusal:
                 state.refusal = reason
+                state.subject = subject_of(leaf)
                 log.warning("TLS refused: peer %s subject %r: %s", state.address, subject_of(leaf), reason)
             return False
         state.participant = participant
@@ -154,21 +161,41 @@ class ServerTLS:
         try:
             conn.do_handshake()
         except (SSL.Error, OSError) as exc:
+            reason = state.refusal
             if not state.refusal:
                 reason = _handshake_failure(exc)
                 log.warning("TLS refused: peer %s: %s", address, reason)
+            if state.refusal or not _closed_before_hello(exc):
+                self._audit_refusal(address, sock, state.subject, reason)
             _close_quietly(conn, sock)
             raise TlsRefused(state.refusal or str(exc)) from exc
         finally:
             conn.set_app_data(None)
         leaf = conn.get_peer_certificate()
         if leaf is None or state.participant is None:
+            self._audit_refusal(address, sock, state.subject, "no client certificate")
             _close_quietly(conn, sock)
             raise TlsRefused("no client certificate")
         leaf_crypto = leaf.to_cryptography()
         p = state.participant
         peer = Peer(subject_of(leaf_crypto), fingerprint(leaf_crypto), p.name, p.roles)
         return TlsStream(conn, sock, address), peer
+
+    def _audit_refusal(self, address: str, sock: socket.socket, subject: str, reason: str) -> None:
+        hook = self.audit_hook
+        if hook is None:
+            return
+        try:
+            host, port = sock.getsockname()[:2]
+            hook(address, f"{host}:{port}", subject, reason)
+        except Exception:  # noqa: BLE001 - auditing never changes how a connection is handled
+            log.exception("TLS refusal audit hook failed")
+
+
+def _closed_before_hello(exc: BaseException) -> bool:
+    """A connection closed before any TLS was spoken (a port probe, a listener waking itself): not an
+    authentication attempt, so not a security alert."""
+    return isinstance(exc, SSL.SysCallError) and bool(exc.args) and exc.args[0] in (-1, 104)
 
 
 def _handshake_failure(exc: BaseException) -> str:
@@ -254,7 +281,7 @@ class TlsStream:
                 return 0
             raise ConnectionError(str(exc)) from exc
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes | memoryview) -> int:
         try:
             return self.conn.send(data)
         except SSL.WantWriteError as exc:

@@ -9,6 +9,7 @@ neither stored nor logged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,10 @@ _FORBIDDEN_IN_ID = set("^&~\\|")
 class PatientIdentityFeed:
     """The MLLP handler: ``handle(peer, message) -> ACK``; one database transaction per message."""
 
+    # Called with (transaction, peer, reason) when a peer without the role is refused; set by the
+    # composition to audit the refusal (clearinghouse.audit_events.Auditor.hl7_refused).
+    audit_refused: Callable[[str, Peer, str], None] | None = None
+
     def __init__(self, session_factory: sessionmaker[Session], settings: Settings) -> None:
         self._sessions = session_factory
         self._oid = settings.affinity_domain_oid
@@ -41,6 +46,8 @@ class PatientIdentityFeed:
                 "ITI-8 refused: peer %r (participant %r) lacks role %r", peer.subject, peer.participant, NEEDED_ROLE
             )
             error = HL7Error(str(denied), ack_code="AR", error_code="207")
+            if self.audit_refused is not None:
+                self.audit_refused("ITI-8", peer, str(denied))
             return hl7.build_ack(hl7.header_of(data), "AR", error=error)
         msg: hl7.Message | None = None
         try:

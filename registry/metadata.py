@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from lxml import etree
 
-from clearinghouse.errors import XDSRegistryMetadataError
+from clearinghouse.errors import XDSRegistryError, XDSRegistryMetadataError
 from clearinghouse.xmlsafe import NS, qname
+from registry import formats
 
 RIM = NS["rim"]
 
@@ -69,8 +70,23 @@ XFRM_RPLC = "urn:ihe:iti:2007:AssociationType:XFRM_RPLC"
 SIGNS = "urn:ihe:iti:2007:AssociationType:signs"
 IS_SNAPSHOT_OF = "urn:ihe:iti:2010:AssociationType:IsSnapshotOf"
 ASSOCIATION_TYPES = (HAS_MEMBER, RPLC, XFRM, APND, XFRM_RPLC, SIGNS, IS_SNAPSHOT_OF)
+# Relationships between DocumentEntries (ITI TF-3 4.2.2.2), as opposed to HasMember.
+RELATIONSHIP_TYPES = (RPLC, XFRM, APND, XFRM_RPLC, SIGNS, IS_SNAPSHOT_OF)
 REPLACING_TYPES = (RPLC, XFRM_RPLC)
+# Documents that exist only in relation to the one they transform or append to: deprecated with it.
+DEPENDENT_TYPES = (XFRM, APND)
 SUBMISSION_SET_STATUS_SLOT = "SubmissionSetStatus"
+# XDS Metadata Update (ITI-57, ITI TF-2b 3.57.4.1.3).
+UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
+PREVIOUS_VERSION_SLOT = "PreviousVersion"
+ORIGINAL_STATUS_SLOT = "OriginalStatus"
+NEW_STATUS_SLOT = "NewStatus"
+ASSOCIATION_PROPAGATION_SLOT = "AssociationPropagation"
+
+# --- limitedMetadata flags (XDR/XDM only; ITI TF-3 Table 4.2.5.1-1) -------------------------------
+DE_LIMITED_METADATA = "urn:uuid:ab9b591b-83ab-4d03-8f5d-f93b1fb92e85"
+SS_LIMITED_METADATA = "urn:uuid:5003a9db-8d8d-49e6-bf0c-990e34ac7707"
+FOLDER_LIMITED_METADATA = "urn:uuid:2c144a76-29a9-4b7c-af54-b25409fe7d03"
 
 # --- availability status (ebRIM StatusType) ------------------------------------------------------
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
@@ -85,13 +101,7 @@ _REFERENCE_ATTRIBUTES = ("id", "lid", "classifiedObject", "sourceObject", "targe
 
 def is_uuid_urn(value: str) -> bool:
     """True for ``urn:uuid:<uuid>``; anything else in an id attribute is a symbolic id."""
-    if not value.startswith(URN_UUID):
-        return False
-    try:
-        uuid.UUID(value[len(URN_UUID) :])
-    except ValueError:
-        return False
-    return True
+    return formats.is_uuid_urn(value)
 
 
 def new_uuid_urn() -> str:
@@ -457,13 +467,20 @@ _STATUS_TAGS = {f"{{{RIM}}}{t}" for t in ("ExtrinsicObject", "RegistryPackage", 
 
 
 def resolve_submission(
-    sub: Submission, mapping: dict[str, str], *, status: str = APPROVED, now: str | None = None
+    sub: Submission,
+    mapping: dict[str, str],
+    *,
+    status: str = APPROVED,
+    now: str | None = None,
+    versions: Mapping[str, int] | None = None,
 ) -> Submission:
     """The submission as the registry stores it: a re-parsed deep copy with symbolic ids replaced
     by ``mapping`` everywhere they occur, ``status`` set on every top-level object, ``lid`` = id
-    where the source left it out (first version, ITI TF-3 4.1.12.1), and each new Folder's
+    where the source left it out (first version, ITI TF-3 4.1.12.1), each DocumentEntry and Folder
+    given its rim:VersionInfo (``versions`` by submitted id, else 1), and each new Folder's
     ``lastUpdateTime`` set to ``now`` (ITI TF-3 4.2.3.4: the registry maintains it)."""
     request = copy.deepcopy(sub.request)
+    versioned = {mapping.get(k, k): v for k, v in (versions or {}).items()}
     _rewrite(request, mapping)
     object_list = request.find(f"{{{RIM}}}RegistryObjectList")
     assert object_list is not None  # parse_submission already required it
@@ -472,12 +489,80 @@ def resolve_submission(
             child.set("status", status)
             if not child.get("lid"):
                 child.set("lid", child.get("id", ""))
+        if child.tag in _VERSIONED_TAGS:
+            set_version_info(child, versioned.get(child.get("id", ""), 1))
     resolved = parse_submission(request)
     if now and resolved.folders:
         for folder in resolved.folders:
             set_slot(folder.element, "lastUpdateTime", [now])
         resolved = parse_submission(request)
     return resolved
+
+
+# DocumentEntries and Folders are versioned by ITI-57; SubmissionSets and Associations are not.
+_VERSIONED_TAGS = {f"{{{RIM}}}ExtrinsicObject", f"{{{RIM}}}RegistryPackage"}
+# rim:RegistryObjectType content order (rim.xsd): Slot*, Name?, Description?, VersionInfo?,
+# Classification*, ExternalIdentifier*, then the subtype's own elements.
+_BEFORE_VERSION_INFO = {f"{{{RIM}}}{t}" for t in ("Slot", "Name", "Description")}
+
+
+def set_version_info(element: etree._Element, version: int) -> None:
+    """Set rim:VersionInfo/@versionName, in its schema position."""
+    for old in element.findall(f"{{{RIM}}}VersionInfo"):
+        element.remove(old)
+    position = 0
+    for i, child in enumerate(element):
+        if child.tag in _BEFORE_VERSION_INFO:
+            position = i + 1
+    node = etree.Element(f"{{{RIM}}}VersionInfo", versionName=str(version))
+    element.insert(position, node)
+
+
+def version_of(element: etree._Element) -> int | None:
+    """rim:VersionInfo/@versionName as a number, if it is one."""
+    node = element.find(f"{{{RIM}}}VersionInfo")
+    name = node.get("versionName", "") if node is not None else ""
+    return int(name) if name.isdigit() else None
+
+
+def parse_remove_request(request: etree._Element) -> list[str]:
+    """The ObjectRef ids of an ``lcm:RemoveObjectsRequest`` (ITI-62, ITI TF-2b 3.62.4.1.2).
+
+    Only the ObjectRefList form with the default deletion scope is part of the transaction; the ids
+    are returned as given, in order, without duplicates.
+    """
+    if request.tag != qname("lcm", "RemoveObjectsRequest"):
+        raise XDSRegistryError(f"expected lcm:RemoveObjectsRequest, got {request.tag}")
+    scope = request.get("deletionScope", DELETE_ALL)
+    if scope != DELETE_ALL:
+        raise XDSRegistryError(f"deletionScope {scope} is not supported; only {DELETE_ALL} removes metadata")
+    if request.find(f"{{{RIM}}}AdhocQuery") is not None:
+        raise XDSRegistryError("RemoveObjectsRequest names its objects by rim:ObjectRefList, not by a query")
+    refs = request.findall(f"{{{RIM}}}ObjectRefList/{{{RIM}}}ObjectRef")
+    if not refs:
+        raise XDSRegistryError("RemoveObjectsRequest has no rim:ObjectRefList/rim:ObjectRef")
+    return list(dict.fromkeys(r.get("id", "") for r in refs))
+
+
+DELETE_ALL = "urn:oasis:names:tc:ebxml-regrep:DeletionScopeType:DeleteAll"
+
+
+# Extra metadata by which the clearinghouse's own repository tells the registry which participant
+# sent the ITI-41 it relays (ITI-42 otherwise names only the repository). Trusted only from the
+# in-process repository, never stored.
+SUBMITTER_SLOT = "urn:isn:clearinghouse:submitter"
+
+
+def take_submitter(request: etree._Element) -> str | None:
+    """Remove the submitter slot from every object of a SubmitObjectsRequest; return its value."""
+    found = None
+    for slot in request.iterfind(f"{{{RIM}}}RegistryObjectList/{{{RIM}}}*/{{{RIM}}}Slot[@name='{SUBMITTER_SLOT}']"):
+        values = [v.text or "" for v in slot.iterfind(f"{{{RIM}}}ValueList/{{{RIM}}}Value")]
+        found = found or (values[0] if values else None)
+        parent = slot.getparent()
+        if parent is not None:
+            parent.remove(slot)
+    return found
 
 
 def set_slot(element: etree._Element, name: str, values: Iterable[str]) -> None:
@@ -496,8 +581,11 @@ def set_slot(element: etree._Element, name: str, values: Iterable[str]) -> None:
 
 
 def to_text(element: etree._Element) -> str:
-    """Serialise one object for storage (namespaces declared on the element itself)."""
-    return etree.tostring(element, encoding="unicode", with_tail=False)
+    """Serialise one object for storage: namespaces declared on the element itself, and only those
+    it uses (a query answer concatenates stored objects, so each is written lean once)."""
+    standalone = copy.deepcopy(element)
+    etree.cleanup_namespaces(standalone)
+    return etree.tostring(standalone, encoding="unicode", with_tail=False)
 
 
 def from_text(text: str) -> etree._Element:

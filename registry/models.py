@@ -1,4 +1,4 @@
-"""Registry tables (Alembic branch ``registry``; migration registry_0001).
+"""Registry tables (Alembic branch ``registry``; migrations registry_0001 and registry_0003).
 
 One row per registry object in ``registry_objects`` with the verbatim XML returned by LeafClass
 queries and the columns the stored queries filter on; multi-valued query attributes in
@@ -20,6 +20,7 @@ UUID_LEN = 64  # "urn:uuid:" + 36; room for sources that send longer URNs
 UNIQUE_ID_LEN = 128  # OID (64) ^ extension (16), with margin
 CODE_LEN = 512
 VALUE_LEN = 1024
+PARTICIPANT_LEN = 128
 
 
 def _now() -> datetime:
@@ -63,6 +64,12 @@ class RegistryObjectRow(Base):
     source_id: Mapped[str | None] = mapped_column(String(UNIQUE_ID_LEN))
     content_type_code: Mapped[str | None] = mapped_column(String(CODE_LEN))
     last_update_time: Mapped[str | None] = mapped_column(String(14))
+    # Logical id shared by every version of a DocumentEntry or Folder (ITI-57); the entry UUID of
+    # the first version. NULL for rows written before registry_0003: treat as entry_uuid.
+    lid: Mapped[str | None] = mapped_column(String(UUID_LEN))
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    # The participant that submitted the object: only it may update (ITI-57) or remove (ITI-62) it.
+    submitted_by: Mapped[str | None] = mapped_column(String(PARTICIPANT_LEN))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=_now)
     xml: Mapped[str] = mapped_column(Text, nullable=False)
 
@@ -74,6 +81,9 @@ class RegistryObjectRow(Base):
         Index("ix_registry_objects_submission_set", "submission_set_uuid"),
         Index("ix_registry_objects_owner", "owner_uuid"),
         Index("ix_registry_objects_created_at", "created_at"),
+        # One row per version of a logical object: two concurrent ITI-57 updates of the same version
+        # collide here instead of both creating version n+1.
+        Index("uq_registry_objects_lid_version", "lid", "version", unique=True),
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Integer, String, select, update
+from sqlalchemy import CheckConstraint, DateTime, Index, Integer, Select, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from clearinghouse.db import Base
@@ -30,7 +30,11 @@ _MAX_HOPS = 16
 
 class RegistryPatient(Base):
     __tablename__ = "registry_patient"
-    __table_args__ = (CheckConstraint("status IN ('active', 'merged')", name="ck_registry_patient_status"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'merged')", name="ck_registry_patient_status"),
+        # Every patient-keyed stored query asks which identifiers were merged into its patient.
+        Index("ix_registry_patient_merged_into", "merged_into"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     patient_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), nullable=False, unique=True, index=True)
@@ -134,7 +138,11 @@ def resolve_patient(session: Session, patient_id: str) -> str | None:
     return None  # a cycle: treat as unknown rather than guess
 
 
+def merged_aliases_query(surviving_id: str) -> Select:
+    """SELECT of the identifiers merged into ``surviving_id``, to use as a subquery."""
+    return select(RegistryPatient.patient_id).where(RegistryPatient.merged_into == surviving_id)
+
+
 def merged_aliases(session: Session, surviving_id: str) -> list[str]:
     """Identifiers merged into ``surviving_id``: a query for it also covers their documents."""
-    query = select(RegistryPatient.patient_id).where(RegistryPatient.merged_into == surviving_id)
-    return sorted(session.scalars(query))
+    return sorted(session.scalars(merged_aliases_query(surviving_id)))

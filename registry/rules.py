@@ -13,7 +13,6 @@ rule it breaks, so a source can fix its metadata without reading registry logs.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,11 +24,13 @@ from clearinghouse.errors import (
     XDSNonIdenticalHash,
     XDSNonIdenticalSize,
     XDSPatientIdDoesNotMatch,
+    XDSRegistryDeprecatedDocumentError,
     XDSRegistryDuplicateUniqueIdInMessage,
     XDSRegistryMetadataError,
     XDSUnknownPatientId,
 )
 from clearinghouse.rsna_id import parse_cx
+from registry import formats
 from registry import metadata as md
 from registry.metadata import (
     Association,
@@ -50,65 +51,19 @@ NON_IDENTICAL_SIZE = XDSNonIdenticalSize.code
 PATIENT_MISMATCH = XDSPatientIdDoesNotMatch.code
 UNKNOWN_PATIENT = XDSUnknownPatientId.code
 UNRESOLVED = UnresolvedReferenceException.code
+DEPRECATED_DOCUMENT = XDSRegistryDeprecatedDocumentError.code
 
 
-# --- value formats -------------------------------------------------------------------------------
+# --- value formats (registry.formats; re-exported because the rules are stated in their terms) ---
 
-_DTM = re.compile(r"[0-9]{4}(?:[0-9]{2}){0,5}")
-_OID = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
-_OID_MAX = 64
-_EXTENSION_MAX = 16
-_SHA1 = re.compile(r"[0-9a-fA-F]{40}")
-_SIZE = re.compile(r"[0-9]{1,19}")
-_LANGUAGE = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(?:\s*;.*)?")
-# Upper bounds of each DTM component after the year: month, day, hour, minute, second.
-_DTM_LIMITS = ((1, 12), (1, 31), (0, 23), (0, 59), (0, 59))
-
-
-def is_dtm(value: str) -> bool:
-    """HL7 DTM as XDS restricts it: YYYY[MM[DD[hh[mm[ss]]]]] in UTC, each component in range."""
-    if not _DTM.fullmatch(value):
-        return False
-    parts = [int(value[i : i + 2]) for i in range(4, len(value), 2)]
-    return all(low <= part <= high for part, (low, high) in zip(parts, _DTM_LIMITS, strict=False))
-
-
-def is_oid(value: str) -> bool:
-    return len(value) <= _OID_MAX and bool(_OID.fullmatch(value))
-
-
-def is_document_unique_id(value: str) -> bool:
-    """DocumentEntry.uniqueId: an OID, or OID^extension (ITI TF-3 4.2.3.2.26)."""
-    root, sep, extension = value.partition("^")
-    if not is_oid(root):
-        return False
-    return not sep or (0 < len(extension) <= _EXTENSION_MAX and "^" not in extension)
-
-
-def is_patient_cx(value: str) -> bool:
-    """CX with only CX.1 and CX.4 (``ID^^^&OID&ISO``), ITI TF-3 4.2.3.1.7."""
-    try:
-        parse_cx(value)
-    except ValueError:
-        return False
-    return True
-
-
-def is_sha1(value: str) -> bool:
-    return bool(_SHA1.fullmatch(value))
-
-
-def is_size(value: str) -> bool:
-    return bool(_SIZE.fullmatch(value))
-
-
-def is_language(value: str) -> bool:
-    return bool(_LANGUAGE.fullmatch(value))
-
-
-def is_mime_type(value: str) -> bool:
-    return bool(_MIME.fullmatch(value))
+is_dtm = formats.is_dtm
+is_oid = formats.is_oid
+is_document_unique_id = formats.is_document_unique_id
+is_patient_cx = formats.is_patient_cx
+is_sha1 = formats.is_sha1
+is_size = formats.is_size
+is_language = formats.is_language
+is_mime_type = formats.is_mime_type
 
 
 # --- building blocks -----------------------------------------------------------------------------
@@ -233,26 +188,29 @@ DOCUMENT_ENTRY_CODES = (
     CodeRule("XDSDocumentEntry.confidentialityCode", md.DE_CONFIDENTIALITY_CODE, 1, None),
     CodeRule("XDSDocumentEntry.eventCodeList", md.DE_EVENT_CODE_LIST, 0, None),
 )
+_XCN = "XCN (ID^family^given^...^&OID&ISO)"
+_DTM_NAME = "DTM (YYYY[MM[DD[hh[mm[ss]]]]])"
 _DE_COMMON_SLOTS = (
     SlotRule("languageCode", True, is_language, "language tag (RFC 3066)"),
     SlotRule("sourcePatientId", True, is_patient_cx, "CX (ID^^^&OID&ISO)"),
     SlotRule("repositoryUniqueId", True, is_oid, "OID"),
-    SlotRule("serviceStartTime", False, is_dtm, "DTM (YYYY[MM[DD[hh[mm[ss]]]]])"),
-    SlotRule("serviceStopTime", False, is_dtm, "DTM (YYYY[MM[DD[hh[mm[ss]]]]])"),
-    SlotRule("sourcePatientInfo", False, None, multiple=True),
-    SlotRule("legalAuthenticator", False, None),
-    SlotRule(md.DE_REFERENCE_ID_LIST_SLOT, False, None, multiple=True),
+    SlotRule("serviceStartTime", False, is_dtm, _DTM_NAME),
+    SlotRule("serviceStopTime", False, is_dtm, _DTM_NAME),
+    SlotRule("sourcePatientInfo", False, formats.is_source_patient_info, "PID-n|value line", multiple=True),
+    SlotRule("legalAuthenticator", False, formats.is_xcn, _XCN),
+    SlotRule("URI", False, formats.is_short_text, "URI of at most 256 characters", multiple=True),
+    SlotRule(md.DE_REFERENCE_ID_LIST_SLOT, False, formats.is_short_text, "CXi identifier", multiple=True),
 )
 # ITI-42 carries what the repository computed: hash and size are required for stable entries.
 STABLE_DOCUMENT_ENTRY_SLOTS = (
-    SlotRule("creationTime", True, is_dtm, "DTM (YYYY[MM[DD[hh[mm[ss]]]]])"),
+    SlotRule("creationTime", True, is_dtm, _DTM_NAME),
     SlotRule("hash", True, is_sha1, "SHA-1 hash (40 hex digits)"),
     SlotRule("size", True, is_size, "size (non-negative integer)"),
     *_DE_COMMON_SLOTS,
 )
 # An On-Demand entry describes content not yet generated: no hash or size exists (ITI TF-3 4.1.4).
 ON_DEMAND_DOCUMENT_ENTRY_SLOTS = (
-    SlotRule("creationTime", False, is_dtm, "DTM (YYYY[MM[DD[hh[mm[ss]]]]])"),
+    SlotRule("creationTime", False, is_dtm, _DTM_NAME),
     *_DE_COMMON_SLOTS,
 )
 
@@ -262,17 +220,131 @@ SUBMISSION_SET_IDS = (
     ExternalIdRule("XDSSubmissionSet.patientId", md.SS_PATIENT_ID, is_patient_cx, "CX (ID^^^&OID&ISO)"),
 )
 SUBMISSION_SET_CODES = (CodeRule("XDSSubmissionSet.contentTypeCode", md.SS_CONTENT_TYPE_CODE),)
-SUBMISSION_SET_SLOTS = (SlotRule("submissionTime", True, is_dtm, "DTM (YYYY[MM[DD[hh[mm[ss]]]]])"),)
+SUBMISSION_SET_SLOTS = (
+    SlotRule("submissionTime", True, is_dtm, _DTM_NAME),
+    SlotRule("intendedRecipient", False, formats.is_intended_recipient, "XON|XCN|XTN recipient", multiple=True),
+)
 
 FOLDER_IDS = (
     ExternalIdRule("XDSFolder.uniqueId", md.FOLDER_UNIQUE_ID, is_oid, "OID"),
     ExternalIdRule("XDSFolder.patientId", md.FOLDER_PATIENT_ID, is_patient_cx, "CX (ID^^^&OID&ISO)"),
 )
 FOLDER_CODES = (CodeRule("XDSFolder.codeList", md.FOLDER_CODE_LIST, 1, None),)
+# lastUpdateTime is the registry's to set (ITI TF-3 4.2.3.4.4); a value sent along is replaced.
+FOLDER_SLOTS = (SlotRule("lastUpdateTime", False, is_dtm, _DTM_NAME),)
+
+AUTHOR_SLOTS = (
+    SlotRule("authorPerson", False, formats.is_xcn, _XCN),
+    SlotRule("authorInstitution", False, formats.is_xon, "XON (name^^^^^^^^^OID)", multiple=True),
+    SlotRule("authorRole", False, formats.is_short_text, "text of at most 256 characters", multiple=True),
+    SlotRule("authorSpecialty", False, formats.is_short_text, "text of at most 256 characters", multiple=True),
+    SlotRule("authorTelecommunication", False, formats.is_xtn, "XTN (^^Internet^address)", multiple=True),
+)
+ASSOCIATION_SLOT_NAMES = frozenset(
+    {
+        md.SUBMISSION_SET_STATUS_SLOT,
+        md.PREVIOUS_VERSION_SLOT,
+        md.ORIGINAL_STATUS_SLOT,
+        md.NEW_STATUS_SLOT,
+        md.ASSOCIATION_PROPAGATION_SLOT,
+    }
+)
 
 
-def check_document_entry(de: DocumentEntry) -> list[RegistryErrorItem]:
-    """All attribute rules of one DocumentEntry (ITI TF-3 4.2.3.2, Register Document Set-b column)."""
+def _names(*groups: Iterable[SlotRule]) -> frozenset[str]:
+    return frozenset(rule.name for group in groups for rule in group)
+
+
+DOCUMENT_ENTRY_SLOT_NAMES = _names(STABLE_DOCUMENT_ENTRY_SLOTS)
+SUBMISSION_SET_SLOT_NAMES = _names(SUBMISSION_SET_SLOTS)
+FOLDER_SLOT_NAMES = _names(FOLDER_SLOTS)
+AUTHOR_SLOT_NAMES = _names(AUTHOR_SLOTS)
+# The formatCode of an XDS-I.b imaging manifest (RAD TF-3 4.68.4.1.2.3): the KOS SOP Class, coded in
+# the DICOM UID registry, and always a DICOM object.
+KOS_FORMAT_CODE = "1.2.840.10008.5.1.4.1.1.88.59"
+DICOM_UID_REGISTRY = "1.2.840.10008.2.6.1"
+DICOM_MIME_TYPE = "application/dicom"
+
+
+def check_slot_names(obj: RegistryObject, known: frozenset[str], where: str = "") -> list[RegistryErrorItem]:
+    """Slots are the attributes XDS defines for the object, or extra metadata named by a URN that
+    is not in IHE's own ``urn:ihe:`` space (ITI TF-3 4.2.3.1.5)."""
+    return [
+        _meta(obj, f"{where}slot {name!r} is not an attribute of a {obj.kind}; extra metadata must be named by a URN")
+        for name in obj.slots
+        if name not in known and (not name.startswith("urn:") or name.startswith("urn:ihe:"))
+    ]
+
+
+def check_slot_value_lengths(obj: RegistryObject) -> list[RegistryErrorItem]:
+    """An ebRIM slot value is at most 256 characters (rim.xsd LongName)."""
+    return [
+        _meta(obj, f"slot {name} has a value of {len(value)} characters, at most {formats.MAX_SLOT_VALUE} allowed")
+        for name, values in obj.slots.items()
+        for value in values
+        if len(value) > formats.MAX_SLOT_VALUE
+    ]
+
+
+def check_nested_parts(obj: RegistryObject) -> list[RegistryErrorItem]:
+    """Classifications and ExternalIdentifiers nested in an object describe that object."""
+    errors = []
+    for c in obj.classifications:
+        if c.nested and c.classified_object != obj.id:
+            errors.append(_meta(obj, f"nested Classification {c.id} names classifiedObject {c.classified_object}"))
+    for e in obj.external_identifiers:
+        if e.registry_object != obj.id:
+            errors.append(_meta(obj, f"ExternalIdentifier {e.id} names registryObject {e.registry_object}"))
+    return errors
+
+
+def check_object_id(obj: RegistryObject, *, new_version: bool = False) -> list[RegistryErrorItem]:
+    """An id is either symbolic or a well-formed ``urn:uuid:`` (ITI TF-3 4.2.3.1.2); so are the ids of
+    its nested parts. A new object's lid, if given, is its id: new versions of registered objects
+    (``new_version``, whose lid names the registered object) come with ITI-57 Update Document Set."""
+    errors = []
+    parts = [obj.id, *(c.id for c in obj.classifications if c.nested), *(e.id for e in obj.external_identifiers)]
+    for part in parts:
+        if part.lower().startswith(md.URN_UUID) and not md.is_uuid_urn(part):
+            errors.append(_meta(obj, f"id {part!r} starts with urn:uuid: but is not a UUID (8-4-4-4-12 hex digits)"))
+    if new_version:
+        if not obj.lid or not md.is_uuid_urn(obj.lid):
+            errors.append(_meta(obj, f"lid {obj.lid!r} must be the urn:uuid logicalId of the registered object"))
+    elif obj.lid and obj.lid != obj.id:
+        errors.append(
+            _meta(obj, f"lid {obj.lid} differs from the id: a new version of a registered object needs ITI-57")
+        )
+    return errors
+
+
+def check_not_limited(obj: RegistryObject, scheme: str) -> list[RegistryErrorItem]:
+    """Limited metadata (XDR/XDM) is never registered in XDS (ITI TF-3 4.1.1.1)."""
+    if any(c.scheme == scheme for c in obj.classifications):
+        return [_meta(obj, "is flagged limitedMetadata; an XDS registry accepts complete metadata only")]
+    return []
+
+
+def check_imaging_manifest(de: DocumentEntry) -> list[RegistryErrorItem]:
+    """An XDS-I.b manifest (formatCode = the KOS SOP Class) is a DICOM object coded in the DICOM UID
+    registry (RAD TF-3 4.68.4.1.2.3)."""
+    errors = []
+    for code in de.classified(md.DE_FORMAT_CODE):
+        if code.node_representation != KOS_FORMAT_CODE:
+            continue
+        if code.coding_scheme != DICOM_UID_REGISTRY:
+            errors.append(
+                _meta(de, f"formatCode {KOS_FORMAT_CODE} (imaging manifest) needs codingScheme {DICOM_UID_REGISTRY}")
+            )
+        if de.mime_type and de.mime_type != DICOM_MIME_TYPE:
+            errors.append(
+                _meta(de, f"an imaging manifest (formatCode {KOS_FORMAT_CODE}) has mimeType {DICOM_MIME_TYPE}")
+            )
+    return errors
+
+
+def check_document_entry(de: DocumentEntry, *, new_version: bool = False) -> list[RegistryErrorItem]:
+    """All attribute rules of one DocumentEntry (ITI TF-3 4.2.3.2, Register Document Set-b column);
+    ``new_version`` for an ITI-57 update of a registered one."""
     errors = []
     if de.object_type not in md.DOCUMENT_ENTRY_TYPES:
         errors.append(
@@ -293,18 +365,36 @@ def check_document_entry(de: DocumentEntry) -> list[RegistryErrorItem]:
         errors += check_forbidden_slots(de, ("hash", "size"), "an On-Demand DocumentEntry has no content yet")
     else:
         errors += check_slots(de, STABLE_DOCUMENT_ENTRY_SLOTS)
+    errors += check_slot_names(de, DOCUMENT_ENTRY_SLOT_NAMES)
+    errors += check_slot_value_lengths(de)
     errors += check_authors(de, md.DE_AUTHOR, "XDSDocumentEntry.author")
+    errors += check_nested_parts(de)
+    errors += check_object_id(de, new_version=new_version)
+    errors += check_not_limited(de, md.DE_LIMITED_METADATA)
+    errors += check_imaging_manifest(de)
     return errors
 
 
 def check_authors(obj: RegistryObject, scheme: str, attribute: str) -> list[RegistryErrorItem]:
-    """An author Classification must say who: authorPerson or authorInstitution (ITI TF-3 4.2.3.1.4)."""
+    """An author Classification says who (authorPerson or authorInstitution), each value in its HL7
+    type, and has no code of its own (ITI TF-3 4.2.3.1.4)."""
     errors = []
     for author in obj.classified(scheme):
         if len(author.slots.get("authorPerson", [])) > 1:
             errors.append(_meta(obj, f"{attribute} {author.id}: authorPerson must have one value"))
         if not (author.slots.get("authorPerson") or author.slots.get("authorInstitution")):
             errors.append(_meta(obj, f"{attribute} {author.id} has neither authorPerson nor authorInstitution"))
+        if author.node_representation:
+            errors.append(_meta(obj, f"{attribute} {author.id}: nodeRepresentation must be empty"))
+        for rule in AUTHOR_SLOTS:
+            for value in author.slots.get(rule.name, []):
+                if rule.valid is not None and not rule.valid(value):
+                    errors.append(
+                        _meta(obj, f"{attribute} {author.id}: {rule.name} {value!r} is not a valid {rule.format_name}")
+                    )
+        for name in author.slots:
+            if name not in AUTHOR_SLOT_NAMES and (not name.startswith("urn:") or name.startswith("urn:ihe:")):
+                errors.append(_meta(obj, f"{attribute} {author.id}: slot {name!r} is not an author attribute"))
     return errors
 
 
@@ -314,13 +404,29 @@ def check_submission_set(ss: SubmissionSet) -> list[RegistryErrorItem]:
         check_external_ids(ss, SUBMISSION_SET_IDS)
         + check_codes(ss, SUBMISSION_SET_CODES)
         + check_slots(ss, SUBMISSION_SET_SLOTS)
+        + check_slot_names(ss, SUBMISSION_SET_SLOT_NAMES)
+        + check_slot_value_lengths(ss)
         + check_authors(ss, md.SS_AUTHOR, "XDSSubmissionSet.author")
+        + check_nested_parts(ss)
+        + check_object_id(ss)
+        + check_not_limited(ss, md.SS_LIMITED_METADATA)
     )
 
 
-def check_folder(folder: Folder) -> list[RegistryErrorItem]:
-    """All attribute rules of one Folder (ITI TF-3 4.2.3.4)."""
-    return check_external_ids(folder, FOLDER_IDS) + check_codes(folder, FOLDER_CODES)
+def check_folder(folder: Folder, *, new_version: bool = False) -> list[RegistryErrorItem]:
+    """All attribute rules of one Folder (ITI TF-3 4.2.3.4): title is required for a Folder."""
+    errors = check_external_ids(folder, FOLDER_IDS) + check_codes(folder, FOLDER_CODES)
+    if not folder.name:
+        errors.append(_meta(folder, "required attribute title (rim:Name) is missing"))
+    return (
+        errors
+        + check_slots(folder, FOLDER_SLOTS)
+        + check_slot_names(folder, FOLDER_SLOT_NAMES)
+        + check_slot_value_lengths(folder)
+        + check_nested_parts(folder)
+        + check_object_id(folder, new_version=new_version)
+        + check_not_limited(folder, md.FOLDER_LIMITED_METADATA)
+    )
 
 
 # --- submission-wide rules -----------------------------------------------------------------------
@@ -388,6 +494,11 @@ def check_association(assoc: Association, sub: Submission) -> list[RegistryError
         errors.append(_meta(assoc, f"associationType {assoc.association_type!r} is not an XDS association type"))
     if not assoc.source or not assoc.target:
         errors.append(_meta(assoc, "sourceObject and targetObject are both required"))
+    if assoc.source and assoc.source == assoc.target:
+        errors.append(_meta(assoc, "an object cannot be associated with itself"))
+    errors += check_slot_names(assoc, ASSOCIATION_SLOT_NAMES)
+    errors += check_object_id(assoc)
+    errors += check_relationship(assoc, sub)
     ss = sub.submission_set
     if ss is not None and assoc.association_type == md.HAS_MEMBER and assoc.source == ss.id:
         status = assoc.slot(md.SUBMISSION_SET_STATUS_SLOT)
@@ -409,6 +520,30 @@ def check_association(assoc: Association, sub: Submission) -> list[RegistryError
                     "needs SubmissionSetStatus = Reference",
                 )
             )
+    return errors
+
+
+def check_relationship(assoc: Association, sub: Submission) -> list[RegistryErrorItem]:
+    """Document relationships (ITI TF-3 4.2.2.2): RPLC, XFRM, APND, XFRM_RPLC and IsSnapshotOf go
+    from a new DocumentEntry of this submission to a registered one; signs goes from a new
+    DocumentEntry (the signature) to the DocumentEntry it signs, new or registered."""
+    kind = assoc.association_type
+    if kind not in md.RELATIONSHIP_TYPES:
+        return []
+    short = kind.rsplit(":", 1)[-1]
+    new_docs = {d.id: d for d in sub.document_entries}
+    defined = sub.by_id()
+    errors = []
+    if assoc.source not in new_docs:
+        errors.append(_meta(assoc, f"the sourceObject of {short} must be a DocumentEntry of this submission"))
+    if kind == md.SIGNS:
+        if assoc.target in defined and assoc.target not in new_docs:
+            errors.append(_meta(assoc, "signs targets a DocumentEntry, not a " + defined[assoc.target].kind))
+    elif assoc.target in defined:
+        errors.append(_meta(assoc, f"the targetObject of {short} must be a DocumentEntry already registered"))
+    source = new_docs.get(assoc.source)
+    if kind == md.IS_SNAPSHOT_OF and source is not None and source.on_demand:
+        errors.append(_meta(assoc, "IsSnapshotOf goes from a stable DocumentEntry (the snapshot)"))
     return errors
 
 
@@ -577,6 +712,14 @@ class KnownObject:
     unique_id: str | None = None
     hash: str | None = None
     size: int | None = None
+    entry_type: str | None = None  # DocumentEntry objectType (stable / on-demand)
+    lid: str | None = None
+    version: int = 1
+    submitted_by: str | None = None
+    repository_unique_id: str | None = None
+    source_uuid: str | None = None  # Associations: their ends
+    target_uuid: str | None = None
+    association_type: str | None = None
 
 
 def check_new_ids_unused(sub: Submission, existing: Mapping[str, KnownObject]) -> list[RegistryErrorItem]:
@@ -615,26 +758,40 @@ def check_references_exist(sub: Submission, existing: Mapping[str, KnownObject])
     return errors
 
 
-def check_replacements(sub: Submission, existing: Mapping[str, KnownObject]) -> list[RegistryErrorItem]:
-    """RPLC / XFRM_RPLC: the source is a new DocumentEntry, the target a registered, Approved one
-    (ITI TF-3 4.2.2.2.2); only Approved entries can be deprecated by a replacement."""
-    new_docs = {d.id for d in sub.document_entries}
+def check_relationships(sub: Submission, existing: Mapping[str, KnownObject]) -> list[RegistryErrorItem]:
+    """The registered end of a document relationship is a DocumentEntry of status Approved
+    (XDSRegistryDeprecatedDocumentError otherwise, ITI TF-3 4.2.2.2); an IsSnapshotOf target is an
+    On-Demand entry; one submission replaces a document at most once. A Folder may only gain
+    Approved documents (ITI TF-3 4.2.2.1.3)."""
     errors = []
+    replaced: dict[str, str] = {}
     for assoc in sub.associations:
-        if assoc.association_type not in md.REPLACING_TYPES:
-            continue
-        if assoc.source not in new_docs:
-            errors.append(
-                _meta(assoc, "the replacing document (sourceObject) must be a DocumentEntry of this submission")
-            )
+        kind = assoc.association_type
         target = existing.get(assoc.target)
-        if target is None:
-            continue  # check_references_exist reports it
+        if target is None or (kind not in md.RELATIONSHIP_TYPES and kind != md.HAS_MEMBER):
+            continue  # check_references_exist reports unknown targets
+        if kind == md.HAS_MEMBER:
+            if target.object_type == "DocumentEntry" and target.status != md.APPROVED:
+                errors.append(_item(DEPRECATED_DOCUMENT, assoc, f"targetObject {assoc.target} is {_status(target)}"))
+            continue
         if target.object_type != "DocumentEntry":
             errors.append(_meta(assoc, f"targetObject {assoc.target} is a {target.object_type}, not a DocumentEntry"))
-        elif target.status != md.APPROVED:
-            errors.append(_meta(assoc, f"targetObject {assoc.target} is not Approved (status {target.status})"))
+            continue
+        if target.status != md.APPROVED:
+            errors.append(
+                _item(DEPRECATED_DOCUMENT, assoc, f"targetObject {assoc.target} is not Approved ({_status(target)})")
+            )
+        if kind == md.IS_SNAPSHOT_OF and target.entry_type != md.ON_DEMAND_DOCUMENT_ENTRY:
+            errors.append(_meta(assoc, f"IsSnapshotOf targets an On-Demand DocumentEntry; {assoc.target} is stable"))
+        if kind in md.REPLACING_TYPES:
+            if assoc.target in replaced:
+                errors.append(_meta(assoc, f"{assoc.target} is already replaced by {replaced[assoc.target]}"))
+            replaced[assoc.target] = assoc.source
     return errors
+
+
+def _status(obj: KnownObject) -> str:
+    return obj.status.rsplit(":", 1)[-1]
 
 
 def check_folder_membership(sub: Submission, existing: Mapping[str, KnownObject]) -> list[RegistryErrorItem]:
@@ -733,7 +890,7 @@ def validate_against_registry(
     return (
         check_new_ids_unused(sub, existing)
         + check_references_exist(sub, existing)
-        + check_replacements(sub, existing)
+        + check_relationships(sub, existing)
         + check_folder_membership(sub, existing)
         + check_unique_ids_in_registry(sub, registered)
         + check_patients_known(sub, is_known)

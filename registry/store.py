@@ -1,20 +1,21 @@
 """Persistence of registered metadata, in the caller's session.
 
-Nothing here commits: ``save_submission`` adds rows to the session the caller opened with
-``clearinghouse.db.transaction``, so a submission is stored entirely or not at all. The lookup
-functions give the ITI-42 rules the registry facts they need (``rules.KnownObject``).
+Nothing here commits: the functions add, change or delete rows in the session the caller opened
+with ``clearinghouse.db.transaction``, so a transaction is applied entirely or not at all. The
+lookup functions give the rules the registry facts they need (``rules.KnownObject``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from lxml import etree
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from registry import metadata as md
+from registry.formats import is_dtm
 from registry.metadata import (
     Association,
     DocumentEntry,
@@ -24,13 +25,16 @@ from registry.metadata import (
     SubmissionSet,
 )
 from registry.models import RegistryAssociationRow, RegistryObjectRow, RegistryValueRow
-from registry.rules import KnownObject, is_dtm
+from registry.rules import KnownObject
 
 # Bound IN-lists: SQLite and some drivers cap the number of bound parameters per statement.
 _CHUNK = 500
 
 # Padding that turns YYYY[MM[DD[hh[mm[ss]]]]] into 14 digits: the earliest instant of the period.
 _DTM_PAD = "0101000000"
+
+O = RegistryObjectRow  # noqa: E741 - short alias keeps the statements readable
+A = RegistryAssociationRow
 
 
 def dtm_key(value: str | None) -> str | None:
@@ -45,7 +49,13 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[i : i + _CHUNK]
 
 
-def _known(row: RegistryObjectRow) -> KnownObject:
+def stamp(when: datetime) -> str:
+    """A DTM to the second, in UTC."""
+    return when.astimezone(UTC).strftime("%Y%m%d%H%M%S")
+
+
+def _known(row: RegistryObjectRow, ends: tuple[str, str, str] | None = None) -> KnownObject:
+    source, target, kind = ends or (None, None, None)
     return KnownObject(
         entry_uuid=row.entry_uuid,
         object_type=row.object_type,
@@ -54,20 +64,30 @@ def _known(row: RegistryObjectRow) -> KnownObject:
         unique_id=row.unique_id,
         hash=row.hash,
         size=row.size,
+        entry_type=row.entry_type,
+        lid=row.lid or row.entry_uuid,
+        version=row.version or 1,
+        submitted_by=row.submitted_by,
+        repository_unique_id=row.repository_unique_id,
+        source_uuid=source,
+        target_uuid=target,
+        association_type=kind,
     )
 
 
 def lookup_objects(session: Session, entry_uuids: Iterable[str]) -> dict[str, KnownObject]:
-    """Registered objects among ``entry_uuids`` (top-level Classifications excluded)."""
+    """Registered objects among ``entry_uuids`` (top-level Classifications excluded); Associations
+    come with their ends."""
     wanted = sorted({u for u in entry_uuids if u})
     found: dict[str, KnownObject] = {}
     for chunk in _chunks(wanted):
-        rows = session.scalars(
-            select(RegistryObjectRow).where(
-                RegistryObjectRow.entry_uuid.in_(chunk), RegistryObjectRow.object_type != "Classification"
-            )
+        stmt = (
+            select(O, A.source_uuid, A.target_uuid, A.assoc_type)
+            .outerjoin(A, A.entry_uuid == O.entry_uuid)
+            .where(O.entry_uuid.in_(chunk), O.object_type != "Classification")
         )
-        found.update((row.entry_uuid, _known(row)) for row in rows)
+        for row, source, target, kind in session.execute(stmt):
+            found[row.entry_uuid] = _known(row, (source, target, kind) if source is not None else None)
     return found
 
 
@@ -76,9 +96,30 @@ def lookup_unique_ids(session: Session, unique_ids: Iterable[str]) -> dict[str, 
     wanted = sorted({u for u in unique_ids if u})
     found: dict[str, list[KnownObject]] = {}
     for chunk in _chunks(wanted):
-        for row in session.scalars(select(RegistryObjectRow).where(RegistryObjectRow.unique_id.in_(chunk))):
+        for row in session.scalars(select(O).where(O.unique_id.in_(chunk))):
             found.setdefault(row.unique_id or "", []).append(_known(row))
     return found
+
+
+def latest_versions(session: Session, lids: Iterable[str]) -> dict[str, KnownObject]:
+    """lid -> the registered version with the highest version number."""
+    found: dict[str, KnownObject] = {}
+    for chunk in _chunks(sorted({lid for lid in lids if lid})):
+        for row in session.scalars(select(O).where(O.lid.in_(chunk), O.object_type != "Classification")):
+            known = _known(row)
+            best = found.get(known.lid or "")
+            if best is None or known.version > best.version:
+                found[known.lid or ""] = known
+    return found
+
+
+def associations_touching(session: Session, entry_uuids: Collection[str]) -> dict[str, KnownObject]:
+    """Every registered Association whose source or target is among ``entry_uuids``."""
+    ids: set[str] = set()
+    for chunk in _chunks(sorted(entry_uuids)):
+        ids.update(session.scalars(select(A.entry_uuid).where(A.source_uuid.in_(chunk))))
+        ids.update(session.scalars(select(A.entry_uuid).where(A.target_uuid.in_(chunk))))
+    return lookup_objects(session, ids)
 
 
 def submission_entry_ids(sub: Submission) -> set[str]:
@@ -105,7 +146,13 @@ def _size(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def object_row(obj: RegistryObject, submission_set_uuid: str | None, created_at: datetime) -> RegistryObjectRow:
+def object_row(
+    obj: RegistryObject,
+    submission_set_uuid: str | None,
+    created_at: datetime,
+    *,
+    submitted_by: str | None = None,
+) -> RegistryObjectRow:
     """The row for one resolved object: its verbatim XML and its query columns."""
     row = RegistryObjectRow(
         entry_uuid=obj.id,
@@ -114,6 +161,9 @@ def object_row(obj: RegistryObject, submission_set_uuid: str | None, created_at:
         patient_id=obj.patient_id,
         status=obj.status or md.APPROVED,
         submission_set_uuid=submission_set_uuid,
+        lid=obj.lid or obj.id,
+        version=md.version_of(obj.element) or 1,
+        submitted_by=submitted_by,
         created_at=created_at,
         xml=md.to_text(obj.element),
     )
@@ -165,18 +215,21 @@ def save_submission(
     *,
     already_registered: Collection[str] = (),
     now: datetime | None = None,
+    submitted_by: str | None = None,
 ) -> None:
-    """Add a validated, resolved submission to ``session`` (no commit).
+    """Add a validated, resolved submission to ``session`` (no commit), then apply its effects on
+    registered objects (see ``apply_relationships``).
 
-    ``already_registered``: uniqueIds that identical earlier DocumentEntries hold; the new entry
-    then does not claim the uniqueId (see RegistryObjectRow.unique_id_claim).
+    ``already_registered``: uniqueIds that earlier objects hold (identical DocumentEntries, or the
+    previous versions of an ITI-57 update); the new row then does not claim the uniqueId (see
+    RegistryObjectRow.unique_id_claim).
     """
     created_at = now or datetime.now(UTC)
     ss = sub.submission_set
     ss_uuid = ss.id if ss else None
     rows = []
     for obj in sub.objects():
-        row = object_row(obj, ss_uuid, created_at)
+        row = object_row(obj, ss_uuid, created_at, submitted_by=submitted_by)
         if not isinstance(obj, Association) and row.unique_id not in already_registered:
             row.unique_id_claim = row.unique_id
         rows.append(row)
@@ -187,6 +240,7 @@ def save_submission(
             owner_uuid=c.classified_object,
             status=md.APPROVED,
             submission_set_uuid=ss_uuid,
+            submitted_by=submitted_by,
             created_at=created_at,
             xml=md.to_text(c.element) if c.element is not None else "",
         )
@@ -206,8 +260,12 @@ def save_submission(
         )
         for a in sub.associations
     )
-    _apply_lifecycle(session, sub, created_at)
     session.flush()
+    apply_relationships(session, sub, created_at, submitted_by=submitted_by)
+    session.flush()
+
+
+# --- effects on registered objects ---------------------------------------------------------------
 
 
 def _update_xml(row: RegistryObjectRow, change: Callable[[etree._Element], None]) -> None:
@@ -216,24 +274,153 @@ def _update_xml(row: RegistryObjectRow, change: Callable[[etree._Element], None]
     row.xml = md.to_text(element)
 
 
-def _apply_lifecycle(session: Session, sub: Submission, when: datetime) -> None:
-    """Effects of a submission on registered objects: replaced entries become Deprecated
-    (ITI TF-3 4.2.2.2.2) and registered Folders gaining a document get a new lastUpdateTime."""
+def set_status(row: RegistryObjectRow, status: str) -> None:
+    """Change an object's availabilityStatus, in its column and in its stored XML."""
+    row.status = status
+    _update_xml(row, lambda e: e.set("status", status))
+
+
+def touch_folder(row: RegistryObjectRow, when: datetime) -> None:
+    """A Folder whose membership changed gets a new lastUpdateTime (ITI TF-3 4.2.3.4.4)."""
+    value = stamp(when)
+    row.last_update_time = value
+    _update_xml(row, lambda e: md.set_slot(e, "lastUpdateTime", [value]))
+
+
+def new_association(
+    session: Session,
+    kind: str,
+    source: str,
+    target: str,
+    *,
+    submission_set_uuid: str | None,
+    patient_id: str | None,
+    when: datetime,
+    submitted_by: str | None,
+) -> str:
+    """Create an Association the registry itself derives (folder membership of a replacement or of
+    a new version); returns its entry UUID."""
+    entry_uuid = md.new_uuid_urn()
+    element = etree.Element(
+        f"{{{md.RIM}}}Association",
+        nsmap={"rim": md.RIM},
+        id=entry_uuid,
+        lid=entry_uuid,
+        objectType=md.OBJECT_TYPE_ASSOCIATION,
+        associationType=kind,
+        sourceObject=source,
+        targetObject=target,
+        status=md.APPROVED,
+    )
+    session.add(
+        RegistryObjectRow(
+            entry_uuid=entry_uuid,
+            object_type="Association",
+            patient_id=patient_id,
+            status=md.APPROVED,
+            submission_set_uuid=submission_set_uuid,
+            lid=entry_uuid,
+            version=1,
+            submitted_by=submitted_by,
+            created_at=when,
+            xml=md.to_text(element),
+        )
+    )
+    session.flush()
+    session.add(RegistryAssociationRow(entry_uuid=entry_uuid, source_uuid=source, target_uuid=target, assoc_type=kind))
+    return entry_uuid
+
+
+def approved_folders_of(session: Session, document_uuid: str) -> list[RegistryObjectRow]:
+    """Approved Folders holding the document through an Approved HasMember association."""
+    membership = (
+        select(A.source_uuid)
+        .join(O, O.entry_uuid == A.entry_uuid)
+        .where(A.target_uuid == document_uuid, A.assoc_type == md.HAS_MEMBER, O.status == md.APPROVED)
+    )
+    return list(
+        session.scalars(
+            select(O).where(O.entry_uuid.in_(membership), O.object_type == "Folder", O.status == md.APPROVED)
+        )
+    )
+
+
+def approved_members_of(session: Session, folder_uuid: str) -> list[str]:
+    """DocumentEntries a Folder holds through Approved HasMember associations."""
+    membership = (
+        select(A.target_uuid)
+        .join(O, O.entry_uuid == A.entry_uuid)
+        .where(A.source_uuid == folder_uuid, A.assoc_type == md.HAS_MEMBER, O.status == md.APPROVED)
+    )
+    return list(
+        session.scalars(select(O.entry_uuid).where(O.entry_uuid.in_(membership), O.object_type == "DocumentEntry"))
+    )
+
+
+def _dependents(session: Session, document_uuid: str) -> list[RegistryObjectRow]:
+    """Approved transformations and addenda of a document (sources of XFRM/APND to it)."""
+    sources = select(A.source_uuid).where(A.target_uuid == document_uuid, A.assoc_type.in_(md.DEPENDENT_TYPES))
+    return list(session.scalars(select(O).where(O.entry_uuid.in_(sources), O.status == md.APPROVED)))
+
+
+def apply_relationships(session: Session, sub: Submission, when: datetime, *, submitted_by: str | None) -> None:
+    """Effects of a submission on registered objects (ITI TF-3 4.2.2).
+
+    RPLC / XFRM_RPLC: the replaced DocumentEntry becomes Deprecated, and so do its transformations
+    and addenda (they belong to the replaced content); the replacement joins every Folder that held
+    the replaced document. A registered Folder gaining a document gets a new lastUpdateTime.
+    """
     new_ids = {obj.id for obj in sub.objects()}
-    stamp = when.strftime("%Y%m%d%H%M%S")
+    ss = sub.submission_set
+    ss_uuid = ss.id if ss else None
+    touched: dict[str, RegistryObjectRow] = {}
     for assoc in sub.associations:
         if assoc.association_type in md.REPLACING_TYPES and assoc.target not in new_ids:
             target = session.get(RegistryObjectRow, assoc.target)
-            if target is not None:
-                target.status = md.DEPRECATED
-                _update_xml(target, lambda e: e.set("status", md.DEPRECATED))
-        ss = sub.submission_set
+            if target is None:
+                continue
+            for folder in approved_folders_of(session, target.entry_uuid):
+                new_association(
+                    session,
+                    md.HAS_MEMBER,
+                    folder.entry_uuid,
+                    assoc.source,
+                    submission_set_uuid=ss_uuid,
+                    patient_id=folder.patient_id,
+                    when=when,
+                    submitted_by=submitted_by,
+                )
+                touched[folder.entry_uuid] = folder
+            set_status(target, md.DEPRECATED)
+            for dependent in _dependents(session, target.entry_uuid):
+                set_status(dependent, md.DEPRECATED)
         to_folder = assoc.association_type == md.HAS_MEMBER and ss is not None and assoc.source != ss.id
         if to_folder and assoc.source not in new_ids:
             folder = session.get(RegistryObjectRow, assoc.source)
             if folder is not None and folder.object_type == "Folder":
-                folder.last_update_time = stamp
-                _update_xml(folder, lambda e: md.set_slot(e, "lastUpdateTime", [stamp]))
+                touched[folder.entry_uuid] = folder
+    for folder in touched.values():
+        touch_folder(folder, when)
+
+
+def remove_objects(session: Session, entry_uuids: Collection[str]) -> None:
+    """Delete objects, their query values, association ends and the top-level Classifications
+    submitted for them (ITI-62)."""
+    for chunk in _chunks(sorted(entry_uuids)):
+        session.execute(delete(RegistryValueRow).where(RegistryValueRow.entry_uuid.in_(chunk)))
+        session.execute(delete(RegistryAssociationRow).where(RegistryAssociationRow.entry_uuid.in_(chunk)))
+        session.execute(delete(O).where(O.object_type == "Classification", O.owner_uuid.in_(chunk)))
+        session.execute(delete(O).where(O.entry_uuid.in_(chunk)))
+    session.flush()
+
+
+def max_versions(session: Session, lids: Collection[str]) -> Mapping[str, int]:
+    """lid -> highest registered version."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(sorted(lids)):
+        stmt = select(O.lid, func.max(O.version)).where(O.lid.in_(chunk)).group_by(O.lid)
+        found.update((lid, version) for lid, version in session.execute(stmt) if lid)
+    return found
 
 
 # --- reading back --------------------------------------------------------------------------------
@@ -243,10 +430,7 @@ def load_rows(session: Session, entry_uuids: Iterable[str]) -> list[RegistryObje
     wanted = list(dict.fromkeys(entry_uuids))
     rows: dict[str, RegistryObjectRow] = {}
     for chunk in _chunks(wanted):
-        rows.update(
-            (r.entry_uuid, r)
-            for r in session.scalars(select(RegistryObjectRow).where(RegistryObjectRow.entry_uuid.in_(chunk)))
-        )
+        rows.update((r.entry_uuid, r) for r in session.scalars(select(O).where(O.entry_uuid.in_(chunk))))
     return [rows[u] for u in wanted if u in rows]
 
 
@@ -254,11 +438,7 @@ def classifications_of(session: Session, owners: Iterable[str]) -> dict[str, lis
     """Top-level Classification rows by the object they classify."""
     found: dict[str, list[RegistryObjectRow]] = {}
     for chunk in _chunks(sorted(set(owners))):
-        stmt = (
-            select(RegistryObjectRow)
-            .where(RegistryObjectRow.object_type == "Classification", RegistryObjectRow.owner_uuid.in_(chunk))
-            .order_by(RegistryObjectRow.entry_uuid)
-        )
+        stmt = select(O).where(O.object_type == "Classification", O.owner_uuid.in_(chunk)).order_by(O.entry_uuid)
         for row in session.scalars(stmt):
             found.setdefault(row.owner_uuid or "", []).append(row)
     return found

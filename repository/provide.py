@@ -1,4 +1,4 @@
-"""ITI-41 Provide and Register Document Set-b (ITI TF-2b 3.41.4.1.3).
+"""ITI-41 Provide and Register Document Set-b (ITI TF-2b 3.41.4.1.3), and RAD-68 on top of it.
 
 The repository stores each document, fills in size, hash and repositoryUniqueId, and registers
 the metadata with the registry through ITI-42. A submission that fails at any step leaves
@@ -36,7 +36,8 @@ from clearinghouse.errors import (
 )
 from clearinghouse.soap.mtom import MtomMessage, is_xop_include
 from clearinghouse.xmlsafe import NS, qname
-from repository.models import StoredDocument
+from repository.imaging import SubmittedDocument, check_imaging_submission, index_rows
+from repository.models import DicomInstance, StoredDocument
 from repository.store import DocumentStore
 
 log = logging.getLogger("repository.provide")
@@ -242,14 +243,23 @@ def provide_and_register(
     sessions: sessionmaker[Session],
     store: DocumentStore,
     register: RegisterFn,
+    submitter: str | None = None,
 ) -> etree._Element:
-    """Run ITI-41 and return the RegistryResponse to answer. XdsErrors propagate to the caller."""
+    """Run ITI-41 (and RAD-68, the same message carrying an imaging manifest) and return the
+    RegistryResponse to answer. XdsErrors propagate to the caller. ``submitter`` (the participant
+    that sent the documents) travels to the registry in the submitter slot, so that it, not the
+    repository, owns the registered objects."""
     sor, documents = collect_documents(request, mtom, settings)
     stored: list[tuple[str, str]] = []  # (unique_id, store_key) written by this submission
     try:
         check_and_complete(documents, settings.repository_unique_id)
         now = dt.datetime.now(dt.UTC)
         with transaction(sessions) as session:
+            instances = check_imaging_submission(
+                [SubmittedDocument(d.entry_id, d.unique_id, d.mime_type, d.path, d.extrinsic) for d in documents],
+                session,
+                settings.repository_unique_id,
+            )
             for d in _check_existing(session, documents):
                 key = store.put(d.path)
                 stored.append((d.unique_id, key))
@@ -263,6 +273,11 @@ def provide_and_register(
                         created_at=now,
                     )
                 )
+                if d.unique_id in instances:
+                    session.flush()  # the instance row references the document row
+                    session.add(index_rows(d.unique_id, instances[d.unique_id]))
+        if submitter:
+            _mark_submitter(sor, submitter)
         response = register(sor)
         status = response.get("status", "")
         if not status.endswith(":Success"):
@@ -276,12 +291,32 @@ def provide_and_register(
             d.path.unlink(missing_ok=True)  # no-op for documents moved into the store
 
 
+# Extra metadata (a URN-named slot, ITI TF-3 4.2.3.1.5) by which this repository tells the registry
+# which participant sent the submission it relays; the in-process registry trusts it from this
+# repository only, and does not store it.
+SUBMITTER_SLOT = "urn:isn:clearinghouse:submitter"
+SUBMISSION_SET_NODE = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
+
+
+def _mark_submitter(sor: etree._Element, participant: str) -> None:
+    ss_ids = {
+        c.get("classifiedObject")
+        for c in sor.iter(qname("rim", "Classification"))
+        if c.get("classificationNode") == SUBMISSION_SET_NODE
+    }
+    for package in sor.iterfind("rim:RegistryObjectList/rim:RegistryPackage", NS):
+        if package.get("id") in ss_ids:
+            _set_slot(package, SUBMITTER_SLOT, participant)
+
+
 def _undo(sessions: sessionmaker[Session], store: DocumentStore, stored: list[tuple[str, str]]) -> None:
     if not stored:
         return
     try:
         with transaction(sessions) as session:
-            session.execute(delete(StoredDocument).where(StoredDocument.unique_id.in_([u for u, _ in stored])))
+            gone = [u for u, _ in stored]
+            session.execute(delete(DicomInstance).where(DicomInstance.document_unique_id.in_(gone)))
+            session.execute(delete(StoredDocument).where(StoredDocument.unique_id.in_(gone)))
     finally:
         for _, key in stored:
             store.delete(key)

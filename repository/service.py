@@ -1,4 +1,5 @@
-"""The repository's SOAP endpoint (/xds/repository): ITI-41 and ITI-43, and its ITI-42 client."""
+"""The repository's SOAP endpoint (/xds/repository): ITI-41 (and RAD-68, the same message carrying
+an imaging manifest), ITI-43, RAD-69 Retrieve Imaging Document Set, and its ITI-42 client."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from clearinghouse.registry_response import error_response
 from clearinghouse.soap.client import SoapClient, SoapClientError
 from clearinghouse.soap.endpoint import Operation, SoapEndpoint, SoapRequest, SoapResult
 from clearinghouse.xmlsafe import NS, qname
+from repository.imaging import XDSI, retrieve_imaging_document_set
 from repository.provide import provide_and_register
 from repository.retrieve import retrieve_document_set
 from repository.store import DocumentStore
@@ -23,6 +25,7 @@ log = logging.getLogger("repository")
 ITI41_ACTION = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
 ITI43_ACTION = "urn:ihe:iti:2007:RetrieveDocumentSet"
 ITI42_ACTION = "urn:ihe:iti:2007:RegisterDocumentSet-b"
+RAD69_ACTION = "urn:ihe:rad:2009:RetrieveImagingDocumentSet"
 
 
 class RegistryClient:
@@ -49,7 +52,13 @@ def repository_endpoint(
     def provide(req: SoapRequest) -> SoapResult:
         try:
             body = provide_and_register(
-                req.body, req.mtom, settings=settings, sessions=sessions, store=store, register=registry.register
+                req.body,
+                req.mtom,
+                settings=settings,
+                sessions=sessions,
+                store=store,
+                register=registry.register,
+                submitter=req.peer.participant,
             )
         except XdsError as exc:
             log.info("ITI-41 from %s refused: %s", req.peer.participant, "; ".join(i.context for i in exc.items))
@@ -68,6 +77,17 @@ def repository_endpoint(
         )
         log.info("ITI-43 by %s: %d document(s)", req.peer.participant, len(result.attachments))
         return SoapResult(result.body, result.attachments, force_mtom=True)
+
+    def retrieve_imaging(req: SoapRequest) -> SoapResult:
+        result = retrieve_imaging_document_set(
+            req.body,
+            repository_unique_id=settings.repository_unique_id,
+            sessions=sessions,
+            store=store,
+            spool_dir=settings.spool_dir,
+        )
+        log.info("RAD-69 by %s: %d instance(s)", req.peer.participant, len(result.attachments))
+        return SoapResult(result.body, list(result.attachments), force_mtom=True)
 
     return SoapEndpoint(
         "DocumentRepository",
@@ -93,6 +113,17 @@ def repository_endpoint(
                 response_tag=qname("xdsb", "RetrieveDocumentSetResponse"),
                 role="consumer",
                 handler=retrieve,
+                mtom=True,
+            ),
+            Operation(
+                name="ImagingDocumentSource_RetrieveImagingDocumentSet",
+                transaction="RAD-69",
+                action=RAD69_ACTION,
+                response_action=RAD69_ACTION + "Response",
+                body_tag=f"{{{XDSI}}}RetrieveImagingDocumentSetRequest",
+                response_tag=qname("xdsb", "RetrieveDocumentSetResponse"),
+                role="consumer",
+                handler=retrieve_imaging,
                 mtom=True,
             ),
         ],

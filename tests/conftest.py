@@ -21,7 +21,12 @@ from clearinghouse.mllp import MllpClient
 from clearinghouse.soap.client import SoapClient, https_client
 from clearinghouse.tls import client_context
 
+pytest_plugins = ["conformance.plugin"]
+
 PG_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL", "")
+# Servers the tests start as `clearinghouse serve` take an ephemeral PIX port, so that parallel test
+# workers never compete for the default 8888.
+os.environ.setdefault("CLEARINGHOUSE_PIX_PORT", "0")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
@@ -61,6 +66,13 @@ class Running:
     def feed_client(self, who: str = "edge") -> MllpClient:
         return MllpClient("localhost", self.feed_port, self.identities[who].context())
 
+    @property
+    def pix_port(self) -> int:
+        return self.ch.pix.server.port  # type: ignore[union-attr]
+
+    def pix_client(self, who: str = "edge") -> MllpClient:
+        return MllpClient("localhost", self.pix_port, self.identities[who].context())
+
     def add_identity(self, name: str, roles: list[str], **issue_kwargs: object) -> Identity:
         ca = pki.load_ca(self.settings.pki_dir)
         issued = pki.issue_certificate(ca, name, client=True, **issue_kwargs)  # type: ignore[arg-type]
@@ -96,6 +108,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 @contextmanager
 def running_instance(tmp: Path, backend: str = "sqlite", **overrides: object) -> Iterator[Running]:
     """A started clearinghouse on ephemeral ports with participants edge (source), phr (consumer), auditor."""
+    overrides = {"syslog_tls_port": 0, "syslog_udp_port": 0, **overrides}
+    overrides = {"pix_port": 0, **overrides}
     settings = Settings(home=tmp / "home", https_port=0, feed_port=0, http_threads=8, **overrides)  # type: ignore[arg-type]
     prepare_home(settings)
     engine, cleanup = _engine_for(backend)

@@ -4,10 +4,12 @@ documents, find it by RSNA-ID and retrieve it. Built from the real client classe
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import xds_samples as xs
 from lxml import etree
 from pydicom.data import get_testdata_file
@@ -66,18 +68,40 @@ class Study:
         return [d.unique_id or "" for d in self.documents]
 
 
+# formatCode of a plain-text radiology report (IHE RAD format codes) and of a DICOM object: its SOP
+# Class UID in the DICOM UID registry, the KOS class being reserved for imaging manifests (XDS-I.b).
+FORMAT_TEXT_REPORT = xs.Code("urn:ihe:rad:TEXT", "1.3.6.1.4.1.19376.1.2.3", "Text report")
+DICOM_UID_REGISTRY = "1.2.840.10008.2.6.1"
+
+
+def dicom_format(data: bytes) -> xs.Code:
+    sop_class = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPClassUID
+    return xs.Code(str(sop_class), DICOM_UID_REGISTRY, "DICOM object")
+
+
 def study(patient_id: str, *, report: bool = True, samples: list[str] | None = None) -> Study:
     docs, contents = [], {}
     for name in samples if samples is not None else DICOM_SAMPLES:
         data = dicom_bytes(name)
         uid = xs.new_oid()
-        docs.append(xs.DocSpec(unique_id=uid, mime_type="application/dicom", content=data, title=name))
+        docs.append(
+            xs.DocSpec(
+                unique_id=uid, mime_type="application/dicom", content=data, title=name, format_code=dicom_format(data)
+            )
+        )
         contents[uid] = data
     if report:
         text = b"FINDINGS: No acute abnormality.\nIMPRESSION: Normal study.\n"
         uid = xs.new_oid()
         docs.append(
-            xs.DocSpec(unique_id=uid, mime_type="text/plain", content=text, title="Report", class_code=xs.CLASS_REPORTS)
+            xs.DocSpec(
+                unique_id=uid,
+                mime_type="text/plain",
+                content=text,
+                title="Report",
+                class_code=xs.CLASS_REPORTS,
+                format_code=FORMAT_TEXT_REPORT,
+            )
         )
         contents[uid] = text
     return Study(patient_id, docs, contents)

@@ -164,7 +164,7 @@ def test_retrieve_partial_success_and_unknown_repository(clearinghouse):
     [
         (
             lambda p: xs.query(xs.FIND_DOCUMENTS, {"$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED])}),
-            "XDSStoredQueryParamNumber",
+            "XDSStoredQueryMissingParam",
         ),
         (
             lambda p: xs.query("urn:uuid:00000000-0000-0000-0000-000000000000", {"$patientId": xs.quoted(p)}),

@@ -24,7 +24,7 @@ import registry.models  # noqa: F401 - registers the tables on Base.metadata
 from clearinghouse.config import Settings
 from clearinghouse.db import Base, make_engine, session_factory, transaction
 from clearinghouse.errors import XdsError
-from registry import api, patients, queries, store
+from registry import api, patients, queries, query_params, store
 from registry import metadata as md
 from registry.models import RegistryAssociationRow, RegistryObjectRow, RegistryValueRow
 from registry.queries import parse_literal
@@ -34,7 +34,7 @@ PG_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "ebRS"
 MIGRATION = Path(__file__).resolve().parents[1] / "registry" / "migrations" / "registry_0001_objects.py"
-REGISTRY_TABLES = {"registry_objects", "registry_values", "registry_associations"}
+REGISTRY_TABLES = {"registry_objects", "registry_values", "registry_associations", "registry_patient"}
 SS_NODE = md.SUBMISSION_SET_NODE
 
 
@@ -155,28 +155,35 @@ def _table_of(diff: object) -> str:
     return ""
 
 
+def _load_migration(path: Path):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_migration_creates_exactly_the_model_tables(backend, tmp_path):
     eng, cleanup = _fresh_engine(backend, tmp_path)
     try:
-        spec = importlib.util.spec_from_file_location("registry_0001_objects", MIGRATION)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        assert (module.revision, module.down_revision, module.branch_labels, module.depends_on) == (
-            "registry_0001",
-            None,
-            ("registry",),
-            None,
-        )
+        modules = [_load_migration(p) for p in sorted(MIGRATION.parent.glob("registry_*.py"))]
+        assert [(m.revision, m.down_revision) for m in modules] == [
+            ("registry_0001", None),
+            ("registry_0002", "registry_0001"),
+            ("registry_0003", "registry_0002"),
+        ]
+        assert modules[0].branch_labels == ("registry",)
         with eng.begin() as conn:
             with Operations.context(MigrationContext.configure(conn)):
-                module.upgrade()
+                for module in modules:
+                    module.upgrade()
             diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         ours = [d for d in diffs if _table_of(d) in REGISTRY_TABLES]
         assert ours == []
         with eng.begin() as conn:
             with Operations.context(MigrationContext.configure(conn)):
-                module.downgrade()
+                for module in reversed(modules):
+                    module.downgrade()
     finally:
         _drop(eng, cleanup)
 
@@ -204,7 +211,7 @@ def test_parse_literal(raw, expected):
     "raw", ["", "abc", "'abc", "('a',)", "('a' 'b')", "('a'", "'a' 'b'", "()", "(,'a')", "'a')", "a'b'"]
 )
 def test_parse_literal_rejects_malformed(raw):
-    with pytest.raises(queries.ValueSyntaxError):
+    with pytest.raises(query_params.ValueSyntaxError):
         parse_literal(raw)
 
 
@@ -349,7 +356,7 @@ def test_replacement_deprecates_the_original(sessions, settings, patient):
             settings,
             xs.submission(patient, extra_associations=[xs.AssocSpec(xs.RPLC, "Document01", old_uuid)]),
         )
-    assert error_codes(excinfo) == ["XDSRegistryMetadataError"]
+    assert error_codes(excinfo) == ["XDSRegistryDeprecatedDocumentError"]
 
 
 def test_references_must_resolve_to_the_same_patient(sessions, settings, patient):
@@ -558,9 +565,25 @@ def test_find_documents_reference_id_list(sessions, settings, patient):
     ref = "ACC123^^^&1.2.3&ISO^urn:ihe:iti:xds:2013:accession"
     tagged = xs.DocSpec(reference_ids=[ref])
     register(sessions, settings, xs.submission(patient, [tagged, xs.DocSpec()]))
-    assert find_docs(sessions, settings, patient, XDSDocumentEntryReferenceIdList=xs.quoted_list([ref])) == {
-        tagged.unique_id
-    }
+    by_reference = xs.query(
+        xs.FIND_DOCUMENTS_BY_REFERENCE_ID,
+        {
+            "$XDSDocumentEntryPatientId": xs.quoted(patient),
+            "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED]),
+            "$XDSDocumentEntryReferenceIdList": xs.quoted_list([ref, "other^^^&1.2.3&ISO"]),
+        },
+    )
+    assert doc_uids(run(sessions, settings, by_reference)) == {tagged.unique_id}
+    with pytest.raises(XdsError) as excinfo:  # FindDocuments has no reference parameter
+        find_docs(sessions, settings, patient, XDSDocumentEntryReferenceIdList=xs.quoted_list([ref]))
+    assert error_codes(excinfo) == ["XDSRegistryError"]
+    without = xs.query(
+        xs.FIND_DOCUMENTS_BY_REFERENCE_ID,
+        {"$XDSDocumentEntryPatientId": xs.quoted(patient), "$XDSDocumentEntryStatus": xs.quoted_list([xs.APPROVED])},
+    )
+    with pytest.raises(XdsError) as excinfo:  # ... which FindDocumentsByReferenceId requires
+        run(sessions, settings, without)
+    assert error_codes(excinfo) == ["XDSStoredQueryMissingParam"]
 
 
 def test_find_documents_follows_patient_merges(sessions, settings):
@@ -577,12 +600,12 @@ def test_find_documents_follows_patient_merges(sessions, settings):
     [
         (
             [("$XDSDocumentEntryStatus", "('" + xs.APPROVED + "')")],
-            "XDSStoredQueryParamNumber",
+            "XDSStoredQueryMissingParam",
             "$XDSDocumentEntryPatientId",
         ),
         (
             [("$XDSDocumentEntryPatientId", "'x^^^&1.2&ISO'")],
-            "XDSStoredQueryParamNumber",
+            "XDSStoredQueryMissingParam",
             "$XDSDocumentEntryStatus",
         ),
         ([("$XDSDocumentEntryPatientId", "''")], "XDSRegistryError", "$XDSDocumentEntryPatientId"),
@@ -788,7 +811,7 @@ def test_get_all_entry_type_and_required_parameters(sessions, settings, patient)
     }
     with pytest.raises(XdsError) as excinfo:
         run(sessions, settings, xs.query(xs.GET_ALL, {"$patientId": xs.quoted(patient)}))
-    assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
+    assert error_codes(excinfo) == ["XDSStoredQueryMissingParam"]
 
 
 # --- GetDocuments --------------------------------------------------------------------------------
@@ -855,7 +878,7 @@ def test_get_documents_parameter_rules(sessions, settings):
     assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
     with pytest.raises(XdsError) as excinfo:
         get_documents(sessions, settings, homeCommunityId=xs.quoted(settings.home_community_id))
-    assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
+    assert error_codes(excinfo) == ["XDSStoredQueryMissingParam"]
     with pytest.raises(XdsError) as excinfo:
         get_documents(sessions, settings, XDSDocumentEntryUniqueId=uid, homeCommunityId=xs.quoted("urn:oid:9.9"))
     assert error_codes(excinfo) == ["XDSUnknownCommunity"]
@@ -930,7 +953,7 @@ def test_get_submission_set_and_contents_parameters(sessions, settings, patient)
     assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
     with pytest.raises(XdsError) as excinfo:
         ss_contents(sessions, settings)
-    assert error_codes(excinfo) == ["XDSStoredQueryParamNumber"]
+    assert error_codes(excinfo) == ["XDSStoredQueryMissingParam"]
     od = xs.DocSpec(on_demand=True)
     ss_uuid = xs.new_uuid()
     register(sessions, settings, xs.submission(patient, [od], ss_entry_uuid=ss_uuid))

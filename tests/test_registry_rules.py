@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from lxml import etree
 
 from clearinghouse.config import DEFAULT_AFFINITY_DOMAIN_OID
+from registry import formats, rules
 from registry import metadata as md
-from registry import rules
 from registry.metadata import parse_submission
 from registry.rules import KnownObject
 from tests import xds_samples as xs
@@ -480,10 +481,11 @@ def test_replacement_target_must_be_an_approved_document_entry():
         ],
     )
     existing = {dep: known(dep, patient=pid, status=md.DEPRECATED), ss: known(ss, "SubmissionSet", pid)}
-    errs = rules.check_replacements(sub, existing)
-    assert "is not Approved" in errs[0].context and "is a SubmissionSet" in errs[1].context
+    errs = rules.check_relationships(sub, existing)
+    assert codes(errs) == ["XDSRegistryDeprecatedDocumentError", "XDSRegistryMetadataError"]
+    assert "is not Approved (Deprecated)" in errs[0].context and "is a SubmissionSet" in errs[1].context
     ok = parsed(pid, extra_associations=[xs.AssocSpec(xs.RPLC, "Document01", dep)])
-    assert rules.check_replacements(ok, {dep: known(dep, patient=pid)}) == []
+    assert rules.check_relationships(ok, {dep: known(dep, patient=pid)}) == []
 
 
 def test_folder_membership_links_folders_to_documents():
@@ -552,3 +554,171 @@ def test_validate_against_registry_combines_the_registry_rules():
     sub = parsed(extra_associations=[xs.AssocSpec(xs.RPLC, "Document01", xs.new_uuid())])
     found = codes(rules.validate_against_registry(sub, {}, {}, lambda p: False))
     assert "UnresolvedReferenceException" in found and "XDSUnknownPatientId" in found
+
+
+# --- value formats of the HL7 types (registry.formats) --------------------------------------------
+
+
+def test_xcn_needs_an_id_or_a_family_name_and_an_iso_authority():
+    assert formats.is_xcn("^Welby^Marcus^^^Dr^MD")
+    assert formats.is_xcn("11375^Welby^Marcus^J^Jr.^Dr^MD^^&1.2.840.113619.6.197&ISO")
+    assert formats.is_xcn("11375^^^^^^^^&1.2.3&ISO")
+    for bad in ["", "^^Marcus", "1^Welby^^^^^^^1.2.3", "1^W^^^^^^^&1.2.3&L", "^W" + "^x" * 23, "^" + "W" * 300]:
+        assert not formats.is_xcn(bad), bad
+
+
+def test_xon_needs_a_name_and_an_oid_identifier():
+    assert formats.is_xon("Some Hospital")
+    assert formats.is_xon("Some Hospital^^^^^^^^^1.2.3.4.5")
+    assert formats.is_xon("Some Hospital^^^^^&1.2.3&ISO^^^^45")
+    for bad in ["", "^^^^^^^^^1.2.3", "Some Hospital^^^^^^^^^abc", "Some Hospital^^^^^&1.2.3&ISO^^^^", "a^" * 11]:
+        assert not formats.is_xon(bad), bad
+
+
+def test_xtn_email_or_phone():
+    assert formats.is_xtn("^^Internet^radiology@example.org")
+    assert formats.is_xtn("^PRN^PH^^^555^1234567")
+    assert formats.is_xtn("(555)1234567")
+    for bad in ["", "^^Internet^not-an-address", "^^Internet^", "^PRN^PH"]:
+        assert not formats.is_xtn(bad), bad
+
+
+def test_intended_recipient_and_source_patient_info():
+    assert formats.is_intended_recipient("Some Hospital^^^^^^^^^1.2.3|^Welby^Marcus")
+    assert formats.is_intended_recipient("|^Welby^Marcus|^^Internet^m@example.org")
+    assert not formats.is_intended_recipient("||")
+    assert not formats.is_intended_recipient("^^^^^^^^^1.2.3|^Welby")
+    assert formats.is_source_patient_info("PID-3|123^^^&1.2.3&ISO")
+    for bad in ["PID-3", "PID-x|1", "pid-3|1", "PID-3|"]:
+        assert not formats.is_source_patient_info(bad), bad
+
+
+def test_uuid_urn_is_canonical():
+    assert formats.is_uuid_urn("urn:uuid:0b6c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3")
+    for bad in ["urn:uuid:0b6c1d2e3f404a5b8c6d7e8f90a1b2c3", "urn:uuid:{0b6c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3}", "0b6c"]:
+        assert not formats.is_uuid_urn(bad), bad
+    assert formats.is_home_community_id("urn:oid:1.2.3") and not formats.is_home_community_id("1.2.3")
+
+
+# --- attribute rules added for complete ITI-42 validation -----------------------------------------
+
+
+def test_check_slot_names_unknown_attributes_but_urn_extensions():
+    de = one_doc(xs.DocSpec(slots={"urn:example:extra": ["x"], "Color": ["red"], "urn:ihe:iti:xds:madeUp": ["y"]}))
+    errs = rules.check_slot_names(de, rules.DOCUMENT_ENTRY_SLOT_NAMES)
+    assert [e.context.split("slot ")[1].split(" is")[0] for e in errs] == ["'Color'", "'urn:ihe:iti:xds:madeUp'"]
+    assert rules.check_slot_names(one_doc(xs.DocSpec()), rules.DOCUMENT_ENTRY_SLOT_NAMES) == []
+
+
+def test_check_slot_value_lengths():
+    [err] = rules.check_slot_value_lengths(one_doc(xs.DocSpec(slots={"URI": ["http://x/" + "a" * 300]})))
+    assert "at most 256" in err.context
+
+
+def test_check_nested_parts_describe_their_owner():
+    request = xs.submission(documents=[xs.DocSpec()])
+    xs.find(request, "ExtrinsicObject", "Document01").find(f"{{{md.RIM}}}Classification").set(
+        "classifiedObject", "SomethingElse"
+    )
+    de = parse_submission(request).document_entries[0]
+    [err] = rules.check_nested_parts(de)
+    assert "classifiedObject SomethingElse" in err.context
+
+
+def test_check_object_id_symbolic_or_uuid_and_lid():
+    sub = parsed(documents=[xs.DocSpec(entry_uuid="urn:uuid:not-a-uuid")])
+    [err] = rules.check_object_id(sub.document_entries[0])
+    assert "is not a UUID" in err.context
+    request = xs.submission()
+    xs.find(request, "ExtrinsicObject", "Document01").set("lid", xs.new_uuid())
+    de = parse_submission(request).document_entries[0]
+    [err] = rules.check_object_id(de)
+    assert "needs ITI-57" in err.context
+    assert rules.check_object_id(de, new_version=True) == []
+
+
+def test_check_not_limited():
+    request = xs.submission()
+    eo = xs.find(request, "ExtrinsicObject", "Document01")
+    eo.append(etree.Element(f"{{{md.RIM}}}Classification", id="lm", classifiedObject="Document01"))
+    eo[-1].set("classificationNode", "")
+    eo[-1].set("classificationScheme", md.DE_LIMITED_METADATA)
+    [err] = rules.check_not_limited(parse_submission(request).document_entries[0], md.DE_LIMITED_METADATA)
+    assert "limitedMetadata" in err.context
+
+
+def test_check_imaging_manifest_format_and_mime_type():
+    assert rules.check_imaging_manifest(one_doc(xs.DocSpec())) == []  # the sample default is a KOS manifest
+    wrong_scheme = xs.Code(xs.FORMAT_KOS.code, "1.2.3")
+    errs = rules.check_imaging_manifest(one_doc(xs.DocSpec(format_code=wrong_scheme, mime_type="text/plain")))
+    assert len(errs) == 2 and "codingScheme 1.2.840.10008.2.6.1" in errs[0].context
+    assert rules.check_imaging_manifest(one_doc(xs.DocSpec(format_code=xs.FORMAT_PDF, mime_type="a/b"))) == []
+
+
+def test_check_authors_value_formats():
+    bad = one_doc(xs.DocSpec(author_person="^^Marcus", author_institution="^^^^^^^^^1.2.3"))
+    errs = rules.check_authors(bad, md.DE_AUTHOR, "XDSDocumentEntry.author")
+    assert [e.context.split(": ", 2)[2].split(" is")[0] for e in errs] == [
+        "authorPerson '^^Marcus'",
+        "authorInstitution '^^^^^^^^^1.2.3'",
+    ]
+    assert rules.check_authors(one_doc(xs.DocSpec()), md.DE_AUTHOR, "XDSDocumentEntry.author") == []
+
+
+def test_check_folder_title_and_slots():
+    sub = parsed(folders=[xs.FolderSpec(title="")])
+    errs = rules.check_folder(sub.folders[0])
+    assert any("title" in e.context for e in errs)
+
+
+def test_check_relationship_static_rules():
+    old = xs.new_uuid()
+    sub = parsed(
+        documents=[xs.DocSpec(), xs.DocSpec()],
+        extra_associations=[
+            xs.AssocSpec(xs.RPLC, "Document01", old),
+            xs.AssocSpec(xs.APND, "Document01", "Document02"),
+            xs.AssocSpec(xs.XFRM, "SubmissionSet01", old),
+            xs.AssocSpec(xs.SIGNS, "Document02", "Document01"),
+        ],
+    )
+    errs = {a.id: rules.check_relationship(a, sub) for a in sub.associations}
+    by_type = {a.association_type: errs[a.id] for a in sub.associations}
+    assert by_type[xs.RPLC] == [] and by_type[xs.SIGNS] == []
+    assert "must be a DocumentEntry already registered" in by_type[xs.APND][0].context
+    assert "sourceObject of XFRM must be a DocumentEntry of this submission" in by_type[xs.XFRM][0].context
+
+
+def test_check_relationships_snapshot_and_double_replacement():
+    pid = xs.patient_cx()
+    stable, od = xs.new_uuid(), xs.new_uuid()
+    sub = parsed(
+        pid,
+        documents=[xs.DocSpec(), xs.DocSpec()],
+        extra_associations=[
+            xs.AssocSpec("urn:ihe:iti:2010:AssociationType:IsSnapshotOf", "Document01", stable),
+            xs.AssocSpec(xs.RPLC, "Document01", od),
+            xs.AssocSpec(xs.XFRM_RPLC, "Document02", od),
+        ],
+    )
+    existing = {
+        stable: known(stable, patient=pid, entry_type=md.STABLE_DOCUMENT_ENTRY),
+        od: known(od, patient=pid, entry_type=md.ON_DEMAND_DOCUMENT_ENTRY),
+    }
+    text = " | ".join(e.context for e in rules.check_relationships(sub, existing))
+    assert "IsSnapshotOf targets an On-Demand DocumentEntry" in text and "is already replaced by" in text
+
+
+def test_folder_may_only_gain_approved_documents():
+    pid = xs.patient_cx()
+    folder, doc = xs.new_uuid(), xs.new_uuid()
+    sub = parsed(
+        pid,
+        extra_associations=[
+            xs.AssocSpec(xs.HAS_MEMBER, folder, doc, id="inner"),
+            xs.AssocSpec(xs.HAS_MEMBER, "SubmissionSet01", "inner"),
+        ],
+    )
+    existing = {folder: known(folder, "Folder", pid), doc: known(doc, patient=pid, status=md.DEPRECATED)}
+    [err] = rules.check_relationships(sub, existing)
+    assert err.code == "XDSRegistryDeprecatedDocumentError"

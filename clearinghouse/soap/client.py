@@ -125,6 +125,10 @@ class WsgiTransport:
 
 
 class SoapClient:
+    # Called after each ``call`` with (action, request body, reply body or None, error text); set by the
+    # composition to audit the transactions this node initiates. Must not raise.
+    audit_hook: Callable[[str, etree._Element, etree._Element | None, str], None] | None = None
+
     def __init__(self, transport: Transport, spool_dir: Path | None = None) -> None:
         self.transport = transport
         self.spool_dir = spool_dir or Path(tempfile.gettempdir())
@@ -140,7 +144,15 @@ class SoapClient:
         message_id: str | None = None,
     ) -> SoapReply:
         env = soapenv.envelope(body, action=action, to=to, message_id=message_id)
-        return self.send_envelope(soapenv.to_bytes(env), attachments=attachments, mtom=mtom)
+        if self.audit_hook is None:
+            return self.send_envelope(soapenv.to_bytes(env), attachments=attachments, mtom=mtom)
+        try:
+            reply = self.send_envelope(soapenv.to_bytes(env), attachments=attachments, mtom=mtom)
+        except Exception as exc:
+            self.audit_hook(action, body, None, str(exc) or type(exc).__name__)
+            raise
+        self.audit_hook(action, body, reply.body, "")
+        return reply
 
     def send_envelope(
         self, env_bytes: bytes, *, attachments: list[tuple[str, str, Any]] | None = None, mtom: bool = False

@@ -113,6 +113,10 @@ def _service_for(name: str, operations: list[Operation]) -> type[ServiceBase]:
 class SoapEndpoint:
     """The WSGI application of one SOAP endpoint (for example /xds/registry)."""
 
+    # Called after each operation with (operation, request, result or None, error or None); set by
+    # the composition (clearinghouse.audit_events.Auditor.soap_operation). Must not raise.
+    audit_hook: Callable[[Operation, SoapRequest, SoapResult | None, BaseException | None], None] | None = None
+
     def __init__(self, name: str, tns: str, operations: list[Operation], settings: Settings) -> None:
         self.name = name
         self.tns = tns
@@ -147,6 +151,7 @@ class SoapEndpoint:
             return self._dispatch(environ, start_response, request)
         except AccessDenied as exc:
             log.warning("refused: %s", exc)
+            self._audit(request, None, exc)
             return _fault(start_response, SoapFaultError(str(exc), code="Sender", http_status=403), relates_to)
         except SoapFaultError as exc:
             log.warning("%s: SOAP fault to %s: %s", self.name, _subject(environ), exc.reason)
@@ -266,13 +271,16 @@ class SoapEndpoint:
 
         try:
             out = b"".join(self._spyne(inner, capture))
-        except Exception:  # noqa: BLE001 - any handler bug becomes a Receiver fault, never a dropped socket
+        except Exception as exc:  # noqa: BLE001 - any handler bug becomes a Receiver fault, never a dropped socket
             log.exception("%s: %s failed", self.name, request.action)
+            self._audit(request, None, exc)
             raise SoapFaultError("internal error", code="Receiver", http_status=500) from None
         result: SoapResult | None = inner.get(_RESULT_KEY)
         if result is None or not captured.get("status", "").startswith("200"):
             log.error("%s: %s: spyne returned %s: %s", self.name, request.action, captured.get("status"), out[:2000])
+            self._audit(request, None, RuntimeError(f"internal error: spyne returned {captured.get('status')}"))
             raise SoapFaultError("internal error", code="Receiver", http_status=500)
+        self._audit(request, result, None)
         if result.attachments or result.force_mtom or request.mtom is not None:
             writer = MtomWriter(out, result.attachments)
             headers = [("Content-Type", writer.content_type)]
@@ -282,6 +290,15 @@ class SoapEndpoint:
             return writer
         start_response("200 OK", [("Content-Type", soapenv.SOAP12_CONTENT_TYPE), ("Content-Length", str(len(out)))])
         return [out]
+
+    def _audit(self, request: SoapRequest, result: SoapResult | None, error: BaseException | None) -> None:
+        hook = self.audit_hook
+        if hook is None:
+            return
+        try:
+            hook(self.operations[request.action], request, result, error)
+        except Exception:  # noqa: BLE001 - auditing never fails the transaction it records
+            log.exception("%s: audit hook failed", self.name)
 
 
 def _subject(environ: dict[str, Any]) -> str:

@@ -1,0 +1,343 @@
+"""Benchmark: FindDocuments on a registry of one million DocumentEntries, answered from indexes.
+
+Requirement (issue 8): "FindDocuments and GetSubmissionSetAndContents must be answered from
+indexes, never a table scan; ... p99 under 25 ms and within 3x of the bare indexed SQL lookup".
+
+Creates a throw-away schema in PostgreSQL, applies the real migrations, and loads N DocumentEntries
+(default 1,000,000; ``--per-patient`` of them per patient, each patient's documents in one
+SubmissionSet with its HasMember associations, plus their eventCode / confidentialityCode /
+authorPerson values): the rows are generated inside PostgreSQL (INSERT ... SELECT over
+generate_series) from the XML of a real sample submission resolved by the registry's own code.
+
+Then, for random patients, it times in the same run, interleaved:
+
+- FindDocuments (LeafClass, status Approved) through ``registry.api.stored_query`` -- the code the
+  ITI-18 SOAP endpoint runs: request parsing, merged-patient lookup, the SELECT, the rendering of
+  the AdhocQueryResponse;
+- the bare indexed SQL lookup it rests on: the same rows (every column, XML included) fetched with
+  one hand-written SELECT on a raw psycopg cursor;
+- GetSubmissionSetAndContents for the same patient's SubmissionSet, for reference;
+
+and prints p50 / p99 of each, the FindDocuments/bare ratios, and EXPLAIN of the statements
+(a plan with a sequential scan of registry_objects fails the run). Exit code 0 on PASS.
+
+    .venv/bin/python bench/registry_find_documents.py [--documents 1000000] [--per-patient 10]
+        [--queries 2000] [--database-url postgresql://postgres@127.0.0.1:5432/test] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import xds_samples as xs  # noqa: E402  (test helpers: tests/xds_samples.py)
+from sqlalchemy import Engine, event, text  # noqa: E402
+
+from clearinghouse import db  # noqa: E402
+from clearinghouse.config import Settings  # noqa: E402
+from registry import api  # noqa: E402
+from registry import metadata as md  # noqa: E402
+
+P99_LIMIT_MS = 25.0
+RATIO_LIMIT = 3.0
+DEFAULT_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+AFFINITY = "1.3.6.1.4.1.19376.3.840.1.1.1"
+BATCH = 100_000
+
+
+# --------------------------------------------------------------------------- data
+
+
+def templates() -> dict[str, str]:
+    """The stored XML of one resolved sample submission, with placeholders the SQL fills in."""
+    patient = xs.patient_cx("@PATIENT@")
+    doc = xs.DocSpec(unique_id="2.25.4242", author_person="^Author@AUTHOR@^Pat^^^^^^&1.2.3&ISO")
+    request = xs.submission(patient, [doc], ss_unique_id="2.25.4343")
+    sub = md.parse_submission(request)
+    resolved = md.resolve_submission(sub, md.id_mapping(sub), now="20240105110000")
+    de, ss, assoc = resolved.document_entries[0], resolved.submission_set, resolved.associations[0]
+    assert ss is not None
+    out = {}
+    for name, obj, marks in (
+        ("de", de, {de.id: "@DE@", "2.25.4242": "@DEUID@"}),
+        ("ss", ss, {ss.id: "@SS@", "2.25.4343": "@SSUID@"}),
+        ("assoc", assoc, {assoc.id: "@AS@", de.id: "@DE@", ss.id: "@SS@"}),
+    ):
+        xml = md.to_text(obj.element)
+        for value, mark in marks.items():
+            xml = xml.replace(value, mark)
+        assert "\t" not in xml and "\\" not in xml
+        out[name] = xml
+    return out
+
+
+def _sql_uuid(prefix: str, expr: str) -> str:
+    return f"('urn:uuid:' || md5('{prefix}' || ({expr})::text)::uuid::text)"
+
+
+def _filled(template: str, marks: dict[str, str]) -> str:
+    """SQL that replaces each placeholder of ``template`` by an SQL expression."""
+    sql = template
+    for mark, expr in marks.items():
+        sql = f"replace({sql}, '{mark}', {expr})"
+    return sql
+
+
+def _patient_sql(expr: str) -> str:
+    return f"(md5('patient' || ({expr})::text) || '^^^&{AFFINITY}&ISO')"
+
+
+def load(engine: Engine, documents: int, per_patient: int) -> int:
+    """Generate the registry rows inside PostgreSQL; returns the number of patients."""
+    t = templates()
+    patients_n = (documents + per_patient - 1) // per_patient
+    de_uuid, ss_uuid, as_uuid = _sql_uuid("de", "i"), _sql_uuid("ss", "i / :per"), _sql_uuid("as", "i")
+    patient = _patient_sql("i / :per")
+    de_uid = "'2.25.' || (1000000000 + i)::text"
+    de_xml = _filled(
+        ":de",
+        {
+            "@DE@": de_uuid,
+            "@DEUID@": de_uid,
+            "@PATIENT@": "md5('patient' || (i / :per)::text)",
+            "@AUTHOR@": "(i % 997)::text",
+            "@SS@": ss_uuid,
+        },
+    )
+    event = f"CASE WHEN i % 2 = 0 THEN '{xs.EVENT_CT.key}' ELSE '{xs.EVENT_MR.key}' END"
+    author = "'^Author' || (i % 997)::text || '^Pat^^^^^^&1.2.3&ISO'"
+    statements = [
+        (
+            "documents",
+            f"""INSERT INTO registry_objects (entry_uuid, object_type, entry_type, unique_id, unique_id_claim,
+                patient_id, status, submission_set_uuid, mime_type, creation_time, service_start_time,
+                service_stop_time,
+                class_code, type_code, format_code, practice_setting_code, healthcare_facility_type_code,
+                repository_unique_id, hash, size, lid, version, submitted_by, created_at, xml)
+            SELECT {de_uuid}, 'DocumentEntry', '{md.STABLE_DOCUMENT_ENTRY}', {de_uid}, {de_uid}, {patient},
+                '{md.APPROVED}', {ss_uuid}, 'application/dicom',
+                to_char(timestamp '2020-01-01' + (i % 1500) * interval '1 day', 'YYYYMMDDHH24MISS'),
+                '20240105100000', '20240105101500', '{xs.CLASS_IMAGES.key}', '{xs.TYPE_IMAGING_STUDY.key}',
+                CASE WHEN i % 3 = 0 THEN '{xs.FORMAT_PDF.key}' ELSE '{xs.FORMAT_KOS.key}' END,
+                '{xs.PRACTICE_RADIOLOGY.key}', '{xs.FACILITY_OUTPATIENT.key}', '{xs.REPOSITORY_UNIQUE_ID}',
+                md5(i::text) || '00000000', 1000 + i, {de_uuid}, 1, 'bench-edge',
+                timestamptz '2024-01-01' + i * interval '1 second', {de_xml}
+            FROM generate_series(:lo, :hi - 1) AS i""",
+            documents,
+        ),
+        (
+            "memberships",
+            f"""INSERT INTO registry_objects (entry_uuid, object_type, patient_id, status, submission_set_uuid, lid,
+                version, submitted_by, created_at, xml)
+            SELECT {as_uuid}, 'Association', NULL, '{md.APPROVED}', {ss_uuid}, {as_uuid}, 1, 'bench-edge',
+                timestamptz '2024-01-01' + i * interval '1 second',
+                replace(replace(replace(:assoc, '@AS@', {as_uuid}), '@DE@', {de_uuid}), '@SS@', {ss_uuid})
+            FROM generate_series(:lo, :hi - 1) AS i""",
+            documents,
+        ),
+        (
+            "association ends",
+            f"""INSERT INTO registry_associations (entry_uuid, source_uuid, target_uuid, assoc_type)
+            SELECT {as_uuid}, {ss_uuid}, {de_uuid}, '{md.HAS_MEMBER}' FROM generate_series(:lo, :hi - 1) AS i""",
+            documents,
+        ),
+        (
+            "query values",
+            f"""INSERT INTO registry_values (entry_uuid, kind, value)
+            SELECT {de_uuid}, v.kind, v.value FROM generate_series(:lo, :hi - 1) AS i,
+                LATERAL (VALUES ('eventCode', {event}), ('confidentialityCode', '{xs.CONFIDENTIALITY_NORMAL.key}'),
+                                ('authorPerson', {author})) AS v(kind, value)""",
+            documents,
+        ),
+    ]
+    ss_stmt = f"""INSERT INTO registry_objects (entry_uuid, object_type, unique_id, unique_id_claim, patient_id, status,
+            submission_set_uuid, submission_time, source_id, content_type_code, lid, version, submitted_by,
+            created_at, xml)
+        SELECT {_sql_uuid("ss", "p")}, 'SubmissionSet', '2.25.' || (2000000000 + p)::text,
+            '2.25.' || (2000000000 + p)::text, {_patient_sql("p")}, '{md.APPROVED}', {_sql_uuid("ss", "p")},
+            '20240105110000', '{xs.SOURCE_ID}', '{xs.CONTENT_TYPE_IMAGES.key}', {_sql_uuid("ss", "p")}, 1,
+            'bench-edge', timestamptz '2024-01-01' + p * interval '1 second',
+            replace(replace(replace(:ss, '@SS@', {_sql_uuid("ss", "p")}), '@SSUID@', '2.25.' || (2000000000 + p)::text),
+                '@PATIENT@', md5('patient' || p::text))
+        FROM generate_series(:lo, :hi - 1) AS p"""
+    patient_stmt = f"""INSERT INTO registry_patient (patient_id, status, merged_into, created_at, updated_at)
+        SELECT {_patient_sql("p")}, 'active', NULL, now(), now() FROM generate_series(:lo, :hi - 1) AS p"""
+    params = {"per": per_patient, **t}
+    for label, stmt, total in [
+        ("patients", patient_stmt, patients_n),
+        ("submission sets", ss_stmt, patients_n),
+        *statements,
+    ]:
+        started = time.perf_counter()
+        for lo in range(0, total, BATCH):
+            with engine.begin() as conn:
+                conn.execute(text(stmt), {**params, "lo": lo, "hi": min(total, lo + BATCH)})
+        print(f"  loaded {total:>9,} {label:<17} in {time.perf_counter() - started:6.1f} s", flush=True)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+    return patients_n
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
+
+
+BARE_SQL = (
+    "SELECT * FROM registry_objects WHERE patient_id = %s AND object_type = 'DocumentEntry' "
+    "AND status = %s AND entry_type = %s ORDER BY created_at, entry_uuid LIMIT 1001"
+)
+
+
+def executed_plans(engine: Engine, run: Callable[[], object]) -> list[tuple[str, str]]:
+    """EXPLAIN of every statement ``run`` sends to the database, with the parameters it sent:
+    the plans of exactly what the registry executes."""
+    captured: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        if statement.lstrip().upper().startswith("SELECT") and "registry_" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        plans = []
+        for statement, parameters in captured:
+            cur.execute("EXPLAIN " + statement, parameters)
+            plans.append((" ".join(statement.split())[:110] + "...", "\n".join(r[0] for r in cur.fetchall())))
+        raw.rollback()
+        return plans
+    finally:
+        raw.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--documents", type=int, default=1_000_000)
+    ap.add_argument("--per-patient", type=int, default=10)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--database-url", default=DEFAULT_URL)
+    ap.add_argument("--keep", action="store_true", help="keep the schema (its name is printed)")
+    args = ap.parse_args()
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = db.make_engine(args.database_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = db.make_engine(args.database_url, schema=schema)
+    try:
+        db.upgrade(engine)
+        print(f"schema {schema}: loading {args.documents:,} DocumentEntries, {args.per_patient} per patient")
+        patients_n = load(engine, args.documents, args.per_patient)
+        with engine.connect() as conn:
+            size = conn.execute(text("SELECT pg_size_pretty(pg_total_relation_size('registry_objects'))")).scalar()
+        print(f"  registry_objects: {size} with its indexes")
+
+        sessions = db.session_factory(engine)
+        settings = Settings()
+        raw = engine.raw_connection()
+        cur = raw.cursor()
+        rng = random.Random(8)
+        sample = [rng.randrange(patients_n) for _ in range(args.queries)]
+        find_ms, bare_ms, contents_ms = [], [], []
+        counts = []
+
+        def ids(p: int) -> tuple[str, str]:
+            with engine.connect() as conn:
+                patient = conn.execute(text(f"SELECT {_patient_sql(':p')}"), {"p": p}).scalar()
+                ss = conn.execute(text(f"SELECT {_sql_uuid('ss', ':p')}"), {"p": p}).scalar()
+            return patient, ss
+
+        pairs = [ids(p) for p in sample]
+        for patient, _ss in pairs[:200]:  # warm caches and connection pool
+            api.stored_query(sessions, settings, xs.find_documents(patient))
+            cur.execute(BARE_SQL, (patient, md.APPROVED, md.STABLE_DOCUMENT_ENTRY))
+            cur.fetchall()
+        for patient, ss in pairs:
+            request = xs.find_documents(patient)
+            contents = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss)})
+            find_ms.append(timed(lambda r=request: counts.append(len(api.stored_query(sessions, settings, r)[0]))))
+
+            def bare(p: str = patient) -> None:
+                cur.execute(BARE_SQL, (p, md.APPROVED, md.STABLE_DOCUMENT_ENTRY))
+                counts.append(len(cur.fetchall()))
+
+            bare_ms.append(timed(bare))
+            contents_ms.append(timed(lambda r=contents: api.stored_query(sessions, settings, r)))
+        raw.rollback()
+        raw.close()
+
+        matched = counts[0::2]
+        assert matched == counts[1::2], "FindDocuments and the bare lookup must return the same rows"
+        print(f"\n{args.queries} queries, {statistics.mean(matched):.1f} documents per answer (LeafClass)\n")
+        print(f"{'':38}{'p50 ms':>10}{'p99 ms':>10}")
+        rows = [
+            ("FindDocuments (registry.api)", find_ms),
+            ("bare indexed SELECT (psycopg)", bare_ms),
+            ("GetSubmissionSetAndContents", contents_ms),
+        ]
+        for label, values in rows:
+            print(f"{label:38}{percentile(values, 50):>10.2f}{percentile(values, 99):>10.2f}")
+        r50 = percentile(find_ms, 50) / percentile(bare_ms, 50)
+        r99 = percentile(find_ms, 99) / percentile(bare_ms, 99)
+        print(f"{'FindDocuments / bare':38}{r50:>9.2f}x{r99:>9.2f}x")
+
+        print()
+        seq_scans = []
+        patient, ss = pairs[0]
+        contents = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss)})
+        for label, request in (
+            ("FindDocuments", xs.find_documents(patient)),
+            ("GetSubmissionSetAndContents", contents),
+        ):
+            for statement, plan in executed_plans(engine, lambda r=request: api.stored_query(sessions, settings, r)):
+                print(f"EXPLAIN ({label}) {statement}\n" + "\n".join("    " + line for line in plan.splitlines()))
+                if "Seq Scan on registry_" in plan:
+                    seq_scans.append(label)
+
+        p99 = percentile(find_ms, 99)
+        checks = [
+            (p99 < P99_LIMIT_MS, f"FindDocuments p99 {p99:.2f} ms < {P99_LIMIT_MS} ms"),
+            (r99 <= RATIO_LIMIT, f"FindDocuments p99 within {RATIO_LIMIT}x of the bare lookup ({r99:.2f}x)"),
+            (not seq_scans, f"no sequential scan of the registry tables ({', '.join(seq_scans) or 'none'})"),
+        ]
+        print()
+        for ok, what in checks:
+            print(("PASS " if ok else "FAIL ") + what)
+        return 0 if all(ok for ok, _ in checks) else 1
+    finally:
+        engine.dispose()
+        if args.keep:
+            print(f"kept schema {schema}")
+        else:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

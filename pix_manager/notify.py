@@ -1,0 +1,300 @@
+"""Delivery of what the PIX Manager tells others: ITI-10 PIX Update Notifications to subscribed
+consumers and the ITI-8 merges it forwards to the registry.
+
+Messages are written to the outbox in the transaction that made the change (so a change is never
+reported without having happened, nor lost after it happened), then delivered by one background
+thread: in order per destination, over MLLP/TLS with this server's certificate (or in process to
+the local registry), retried with exponential backoff, and after the configured number of failures
+(or at once on AR/CR, which a resend cannot cure) kept as dead letters for an administrator to
+see and replay (``clearinghouse pix dead-letters``).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+
+from clearinghouse import hl7
+from clearinghouse.mllp import MllpClient
+from clearinghouse.peer import Peer
+from clearinghouse.tls import client_context
+from pix_manager.admin import REGISTRY_DESTINATION, ConfigCache, check_url
+from pix_manager.identifiers import Identifier, PixConfig, Subscription
+from pix_manager.models import DEAD, DELIVERED, PENDING, PixMessage, PixOutbox
+from pix_manager.xref import Change
+
+log = logging.getLogger("pix_manager.notify")
+
+O = PixOutbox.__table__  # noqa: E741
+M = PixMessage.__table__
+POLL_SECONDS = 1.0  # picks up replays and retries even when nothing wakes the notifier
+MAX_BACKOFF_SECONDS = 600.0
+PURGE_EVERY_SECONDS = 600.0
+ITI10, ITI8 = "ITI-10", "ITI-8"
+
+
+def plan_notifications(config: PixConfig, change: Change) -> list[tuple[Subscription, list[Identifier]]]:
+    """Which subscribers must hear of ``change``, and with which identifiers: those in the
+    subscriber's domains of interest, when that set differs from what each person involved had
+    before (ITI TF-2a 3.10.4.1.1: a change in the cross-references of an identifier it cares about)."""
+    out = []
+    for sub in config.subscriptions:
+
+        def visible(ids: Iterable[Identifier], sub: Subscription = sub) -> frozenset[Identifier]:
+            return frozenset(i for i in ids if sub.wants(config.by_id[i.domain_id].oid))
+
+        after = visible(change.after)
+        if after and all(visible(b) != after for b in change.before):
+            out.append((sub, sorted(after)))
+    return out
+
+
+def enqueue(conn: Connection, destination: str, transaction: str, message: bytes) -> None:
+    now = datetime.now(UTC)
+    conn.execute(
+        insert(O).values(
+            destination=destination,
+            transaction=transaction,
+            message=message,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            last_error="",
+            created_at=now,
+        )
+    )
+
+
+class Link(Protocol):
+    """Where one destination's messages go: ``send`` returns the peer's acknowledgement."""
+
+    def send(self, message: bytes) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class MllpLink:
+    """MLLP over TLS, connecting on first use and again after any failure."""
+
+    def __init__(self, url: str, context: ssl.SSLContext, timeout: float = 30.0) -> None:
+        self.host, self.port = check_url(url)
+        self.context, self.timeout = context, timeout
+        self._client: MllpClient | None = None
+
+    def send(self, message: bytes) -> bytes:
+        if self._client is None:
+            self._client = MllpClient(self.host, self.port, self.context, self.timeout)
+        try:
+            return self._client.send(message)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class InProcessLink:
+    """An MLLP handler of this process (the registry's ITI-8 feed), called as the given peer: the same
+    message and acknowledgement as over a socket, without one."""
+
+    def __init__(self, handler: Callable[[Peer, bytes], bytes], peer: Peer) -> None:
+        self.handler, self.peer = handler, peer
+
+    def send(self, message: bytes) -> bytes:
+        return self.handler(self.peer, message)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """The certificate this server presents when it is the client, and the CA it trusts by default."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def context(self, ca_file: str = "") -> ssl.SSLContext:
+        return client_context(ca_file or self.ca, self.cert, self.key)
+
+
+class Delivered(Protocol):
+    def __call__(self, destination: str, transaction: str, message: bytes, outcome: str, error: str) -> None: ...
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+def _verdict(response: bytes) -> tuple[str, str]:
+    """('delivered' | 'retry' | 'dead', error text) from an acknowledgement."""
+    try:
+        ack = hl7.parse_message(response)
+    except hl7.MalformedMessage as exc:
+        return "retry", f"unreadable acknowledgement: {exc}"
+    code = ack.get("MSA", 1)
+    text = ack.get("ERR", 8) or ack.get("MSA", 3) or ack.get("ERR", 1, 4, subcomponent=2)
+    if code in ("AA", "CA"):
+        return "delivered", ""
+    detail = f"{code or 'no MSA-1'}{': ' + text if text else ''}"
+    return ("dead" if code in ("AR", "CR") else "retry"), detail
+
+
+class Notifier:
+    """The outbox's delivery thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: ConfigCache,
+        identity: ClientIdentity,
+        registry_link: Link,
+        *,
+        max_attempts: int,
+        retry_base_seconds: float,
+        keep_messages: timedelta,
+        on_attempt: Delivered | None = None,
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._identity = identity
+        self._registry = registry_link
+        self.max_attempts = max(1, max_attempts)
+        self.retry_base = max(0.001, retry_base_seconds)
+        self.keep_messages = keep_messages
+        self._on_attempt = on_attempt
+        self._links: dict[str, tuple[str, str, MllpLink]] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_purge = 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pix-notifier", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for _url, _ca, link in self._links.values():
+            link.close()
+        self._registry.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                delay = self.deliver_due()
+                if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
+                    self._last_purge = time.monotonic()
+                    self.purge()
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable: try again later
+                log.exception("PIX notifier round failed")
+                delay = POLL_SECONDS
+            self._wake.wait(min(POLL_SECONDS, delay) if delay is not None else POLL_SECONDS)
+
+    def deliver_due(self) -> float | None:
+        """Deliver every pending message that is due; the seconds until the next retry, if any."""
+        with self._engine.connect() as conn:
+            config = self._config.get(conn)
+            rows = conn.execute(
+                select(O.c.id, O.c.destination, O.c.transaction, O.c.message, O.c.attempts, O.c.next_attempt_at)
+                .where(O.c.status == PENDING)
+                .order_by(O.c.id)
+                .limit(1000)
+            ).all()
+        by_destination: dict[str, list[Row[Any]]] = {}
+        for r in rows:
+            by_destination.setdefault(r.destination, []).append(r)
+        next_due: float | None = None
+        for queue in by_destination.values():
+            for r in queue:
+                wait = (_aware(r.next_attempt_at) - datetime.now(UTC)).total_seconds()
+                if wait > 0:  # in order: nothing behind a message that waits for its retry goes first
+                    next_due = wait if next_due is None else min(next_due, wait)
+                    break
+                if self._stopping.is_set():
+                    return None
+                retry_in = self._attempt(config, r)
+                if retry_in is not None:
+                    next_due = retry_in if next_due is None else min(next_due, retry_in)
+                    break
+        return next_due
+
+    def _link(self, config: PixConfig, destination: str) -> Link:
+        if destination == REGISTRY_DESTINATION:
+            return self._registry
+        sub = next((s for s in config.subscriptions if s.name == destination), None)
+        if sub is None:
+            raise LookupError(f"no subscription named {destination!r} (it was removed)")
+        cached = self._links.get(destination)
+        if cached is None or cached[:2] != (sub.url, sub.ca_file):
+            if cached is not None:
+                cached[2].close()
+            cached = (sub.url, sub.ca_file, MllpLink(sub.url, self._identity.context(sub.ca_file)))
+            self._links[destination] = cached
+        return cached[2]
+
+    def _attempt(self, config: PixConfig, row: Row[Any]) -> float | None:
+        """One delivery attempt; the seconds until its retry when this destination must wait."""
+        destination, message = row.destination, row.message
+        try:
+            verdict, error = _verdict(self._link(config, destination).send(message))
+        except LookupError as exc:
+            verdict, error = "dead", str(exc)
+        except Exception as exc:  # noqa: BLE001 - refused, unreachable, TLS failure, timeout: retry later
+            verdict, error = "retry", f"{type(exc).__name__}: {exc}"
+        attempts = row.attempts + 1
+        now = datetime.now(UTC)
+        if verdict == "retry" and attempts >= self.max_attempts:
+            verdict = "dead"
+        values: dict[str, object] = {"attempts": attempts, "last_error": error[:4000]}
+        if verdict == "delivered":
+            values.update(status=DELIVERED, delivered_at=now)
+        elif verdict == "dead":
+            values.update(status=DEAD)
+            log.warning(
+                "PIX outbox %d to %s is a dead letter after %d attempt(s): %s", row.id, destination, attempts, error
+            )
+        backoff = min(MAX_BACKOFF_SECONDS, self.retry_base * 2 ** (attempts - 1))
+        if verdict == "retry":
+            values.update(next_attempt_at=now + timedelta(seconds=backoff))
+            log.info(
+                "PIX outbox %d to %s failed (attempt %d), retry in %.3fs: %s",
+                row.id,
+                destination,
+                attempts,
+                backoff,
+                error,
+            )
+        with self._engine.begin() as conn:
+            conn.execute(update(O).where(O.c.id == row.id).values(**values))
+        if self._on_attempt is not None:
+            try:
+                self._on_attempt(destination, row.transaction, message, verdict, error)
+            except Exception:  # noqa: BLE001 - auditing never changes the delivery it records
+                log.exception("PIX delivery hook failed")
+        return backoff if verdict == "retry" else None
+
+    def purge(self) -> None:
+        """Forget accepted messages and delivered notifications older than the duplicate window."""
+        cutoff = datetime.now(UTC) - self.keep_messages
+        with self._engine.begin() as conn:
+            conn.execute(delete(M).where(M.c.received_at < cutoff))
+            conn.execute(delete(O).where(O.c.status == DELIVERED, O.c.delivered_at < cutoff))
