@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from clearinghouse.audit import AuditNode, SyslogTlsSink, parse_repository_url
 from clearinghouse.config import load_settings
 from clearinghouse.soap.client import https_client
 from clearinghouse.tls import client_context
@@ -21,6 +22,21 @@ def _identity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert", required=True, help="this participant's certificate (PEM)")
     p.add_argument("--key", required=True, help="this participant's private key (PEM)")
     p.add_argument("--affinity-domain-oid", help="assigning authority of RSNA-IDs (default: configured)")
+    p.add_argument("--audit", help="audit record repository, syslog+tls://host:6514 (default: no audit)")
+
+
+def _audit_sink(args: argparse.Namespace, source_id: str) -> SyslogTlsSink | None:
+    if not args.audit:
+        return None
+    host, port = parse_repository_url(args.audit)
+    return SyslogTlsSink(host, port, client_context(args.ca, args.cert, args.key), AuditNode(source_id=source_id))
+
+
+def _closing(sink: SyslogTlsSink | None) -> None:
+    if sink is not None and not sink.flush(30):
+        raise RuntimeError(f"audit messages not delivered to {sink.host}:{sink.port}")
+    if sink is not None:
+        sink.close()
 
 
 def cmd_edge_send(args: argparse.Namespace) -> int:
@@ -33,9 +49,11 @@ def cmd_edge_send(args: argparse.Namespace) -> int:
         affinity_domain_oid=args.affinity_domain_oid or settings.affinity_domain_oid,
         repository_unique_id=args.repository_unique_id or settings.repository_unique_id,
         faults=[Fault(f) for f in args.fault or []],
+        audit=(sink := _audit_sink(args, "ISN-EDGE-SIMULATOR")),
     )
     study = collect([Path(p) for p in args.paths], Path(args.report) if args.report else None)
     sub = edge.send(study, dob=args.dob, password=args.password, access_code=args.access_code, inline=args.inline)
+    _closing(sink)
     print(access_sheet(sub, base))
     return 0
 
@@ -48,10 +66,12 @@ def cmd_phr_fetch(args: argparse.Namespace) -> int:
         lambda _repository_id: https_client(base + "/xds/repository", args.ca, args.cert, args.key),
         affinity_domain_oid=args.affinity_domain_oid or settings.affinity_domain_oid,
         faults=[Fault(f) for f in args.fault or []],
+        audit=(sink := _audit_sink(args, "ISN-PHR-SIMULATOR")),
     )
     fetched = phr.fetch(args.access_code, args.dob, args.password, Path(args.out))
     for f in fetched:
         print(f"{f.path}  {f.entry.mime_type}  {f.entry.size} bytes  SHA-1 {f.entry.sha1}  verified")
+    _closing(sink)
     print(f"{len(fetched)} document(s) saved in {args.out}")
     return 0
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
+from clearinghouse import audit
+from clearinghouse.audit import AuditNode, AuditSink, Party
 from clearinghouse.mllp import MllpClient
 from clearinghouse.rsna_id import compute_rsna_id, patient_cx
 from clearinghouse.soap.client import SoapClient, SoapReply
@@ -161,6 +163,8 @@ class EdgeSimulator:
         repository_unique_id: str,
         source_id: str = xb.SOURCE_ID,
         faults: Collection[Fault] = (),
+        audit: AuditSink | None = None,
+        node: AuditNode | None = None,
     ) -> None:
         parts = urlsplit(feed_url)
         if parts.scheme != "mllp+tls" or not parts.hostname or not parts.port:
@@ -171,6 +175,29 @@ class EdgeSimulator:
         self.repository_unique_id = repository_unique_id
         self.source_id = source_id
         self.faults = frozenset(faults)
+        self.audit = audit
+        self.node = node or AuditNode(source_id="ISN-EDGE-SIMULATOR")
+
+    def _audit_export(self, patient_id: str, submission_set_uid: str, ok: bool, reason: str = "") -> None:
+        """ITI-41 Export by the Document Source (ITI TF-2b 3.41.5.1.1), unless told not to."""
+        if self.audit is None or Fault.NO_AUDIT in self.faults:
+            return
+        me = Party(self.node.application.user_id, address=self.node.hostname, alt_user_id=self.node.process_id)
+        t = self.repository.transport
+        host = getattr(t, "host", "in-process")
+        repository = Party(f"https://{host}:{getattr(t, 'port', 0)}{getattr(t, 'path', '')}", address=host)
+        self.audit.emit(
+            audit.provide_and_register(
+                audit.SOURCE,
+                node=self.node,
+                source=me,
+                destination=repository,
+                patient_id=patient_id,
+                submission_set_uid=submission_set_uid,
+                outcome=audit.SUCCESS if ok else audit.SERIOUS_FAILURE,
+                outcome_description=reason,
+            )
+        )
 
     def feed(self, patient_id: str) -> bytes:
         client = MllpClient(self.feed_host, self.feed_port, self.feed_context)
@@ -198,6 +225,10 @@ class EdgeSimulator:
             ITI41_ACTION, request, attachments=parts or None, mtom=not inline, message_id=message_id
         )
         reply.close()
+        ok = reply.body.get("status") == SUCCESS
+        self._audit_export(
+            patient_id, xb.submission_set_unique_id(request), ok, "" if ok else str(registry_errors(reply.body))
+        )
         return reply, message_id
 
     def document_specs(self, study: Study) -> list[xb.DocSpec]:

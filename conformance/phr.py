@@ -11,6 +11,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from clearinghouse import audit
+from clearinghouse.audit import AuditNode, AuditSink, DocumentRef, Party
 from clearinghouse.rsna_id import compute_rsna_id, patient_cx
 from clearinghouse.soap.client import SoapClient
 from clearinghouse.xmlsafe import NS, qname
@@ -84,7 +86,11 @@ class PhrSimulator:
         *,
         affinity_domain_oid: str,
         faults: Collection[Fault] = (),
+        audit: AuditSink | None = None,
+        node: AuditNode | None = None,
     ) -> None:
+        self.audit = audit
+        self.node = node or AuditNode(source_id="ISN-PHR-SIMULATOR")
         self.registry = registry
         self.repositories = repositories  # repositoryUniqueId -> client of that repository
         self.oid = affinity_domain_oid
@@ -113,7 +119,7 @@ class PhrSimulator:
             raise PhrError(f"the registry refused the query: {_errors(reply.body)}")
         return entries_of(reply.body)
 
-    def retrieve(self, entries: list[Entry], out: Path) -> list[Fetched]:
+    def retrieve(self, entries: list[Entry], out: Path, patient_id: str = "") -> list[Fetched]:
         out.mkdir(parents=True, exist_ok=True)
         fetched: list[Fetched] = []
         by_repo: dict[str, list[Entry]] = {}
@@ -148,13 +154,35 @@ class PhrSimulator:
                     raise PhrError(f"documents not returned: {sorted(wanted)}; errors: {_errors(reply.body)}")
             finally:
                 reply.close()
+            self._audit_import(self.repositories(repo_id), [f.entry for f in fetched if f.entry in group], patient_id)
         return fetched
 
+    def _audit_import(self, repository: SoapClient, entries: list[Entry], patient_id: str) -> None:
+        """ITI-43 Import by the Document Consumer (ITI TF-2b 3.43.5.1.2), unless told not to."""
+        if self.audit is None or Fault.NO_AUDIT in self.faults or not entries:
+            return
+        t = repository.transport
+        host = getattr(t, "host", "in-process")
+        repo = Party(f"https://{host}:{getattr(t, 'port', 0)}{getattr(t, 'path', '')}", address=host)
+        me = Party(self.node.application.user_id, address=self.node.hostname, alt_user_id=self.node.process_id)
+        docs = [DocumentRef(e.unique_id, e.repository_unique_id) for e in entries]
+        self.audit.emit(
+            audit.retrieve_document_set(
+                audit.RECIPIENT,
+                node=self.node,
+                repository=repo,
+                consumer=me,
+                documents=docs,
+                patient_id=patient_id,
+            )
+        )
+
     def fetch(self, access_code: str, dob: str, password: str | None, out: Path) -> list[Fetched]:
-        entries = self.find(self.patient_id(access_code, dob, password))
+        patient_id = self.patient_id(access_code, dob, password)
+        entries = self.find(patient_id)
         if not entries:
             raise PhrError("no documents found for this access code and date of birth")
-        return self.retrieve(entries, out)
+        return self.retrieve(entries, out, patient_id)
 
 
 def verify_file(path: Path, sha1: str) -> bool:

@@ -490,6 +490,15 @@ def submission_set_id(request: etree._Element) -> str:
     raise ValueError("no SubmissionSet in the request")
 
 
+def submission_set_unique_id(request: etree._Element) -> str:
+    """The SubmissionSet's uniqueId (ITI-41 or ITI-42 body)."""
+    scheme = _SS_SCHEME["uniqueId"]
+    for ei in request.iter(f"{{{RIM}}}ExternalIdentifier"):
+        if ei.get("identificationScheme") == scheme:
+            return ei.get("value", "")
+    return ""
+
+
 def unique_ids(request: etree._Element) -> list[str]:
     """uniqueId values of the DocumentEntries, in document order."""
     scheme = _SCHEME["uniqueId"]

@@ -171,3 +171,56 @@ def test_simulator_cli(clearinghouse, study_dir, tmp_path):
         timeout=120,
     )
     assert refused.returncode == 1 and "XDSRepositoryMetadataError" in refused.stderr
+
+
+def _sink(ch, who: str, source_id: str):
+    from clearinghouse.audit import AuditNode, SyslogTlsSink
+
+    return SyslogTlsSink(
+        "localhost", ch.ch.audit.syslog_tls.port, ch.identities[who].context(), AuditNode(source_id=source_id)
+    )
+
+
+@pytest.mark.parametrize("faults", [(), (Fault.NO_AUDIT,)])
+def test_simulators_audit_their_side_unless_told_not_to(clearinghouse, study_dir, tmp_path, faults):
+    import uuid
+
+    from atna_client import search
+
+    from clearinghouse.rsna_id import compute_rsna_id, patient_cx
+
+    tag = uuid.uuid4().hex[:8]
+    edge_sink, phr_sink = _sink(clearinghouse, "edge", f"EDGE-{tag}"), _sink(clearinghouse, "phr", f"PHR-{tag}")
+    edge = _edge(clearinghouse, faults)
+    edge.audit, edge.node = edge_sink, edge_sink.node
+    sub = edge.send(collect([study_dir]), dob="19800101")
+    phr = PhrSimulator(
+        clearinghouse.soap("phr", "/xds/registry"),
+        lambda _r: clearinghouse.soap("phr", "/xds/repository"),
+        affinity_domain_oid=OID,
+        faults=faults,
+        audit=phr_sink,
+        node=phr_sink.node,
+    )
+    phr.fetch(sub.access_code, "19800101", None, tmp_path / "o")
+    assert edge_sink.flush(15) and phr_sink.flush(15)
+    patient = patient_cx(compute_rsna_id(sub.access_code, "19800101"), OID)
+    assert patient == sub.patient_id
+
+    def events(source: str) -> list:
+        return [
+            e
+            for e in search(clearinghouse, [("source", source), ("_count", "100")]).get("entry", [])
+            if e.get("search", {}).get("mode") == "match"
+        ]
+
+    import time
+
+    deadline = time.monotonic() + (3 if faults else 15)
+    while time.monotonic() < deadline and not (events(f"EDGE-{tag}") and events(f"PHR-{tag}")):
+        time.sleep(0.1)
+    expected = 0 if faults else 1
+    assert len(events(f"EDGE-{tag}")) == expected  # ITI-41 Export by the edge
+    assert len(events(f"PHR-{tag}")) == expected  # ITI-43 Import by the PHR
+    edge_sink.close()
+    phr_sink.close()
