@@ -48,10 +48,9 @@ class AuditRecordRepository:
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
-        # Parsing is most of the CPU per record; the writer's database work runs outside the interpreter
-        # lock, so on a multi-core host every core may parse.
-        cores = os.cpu_count() or 1
-        self._workers = 0 if cores < 2 else min(4, cores)
+        # Parsing is most of the CPU per record: under a backlog it moves to worker processes, leaving one
+        # core to the receivers and the database writer.
+        self._workers = max(0, min(4, (os.cpu_count() or 1) - 1))
         self._pool: ProcessPoolExecutor | None = None
 
     # --- lifecycle ---
@@ -126,8 +125,11 @@ class AuditRecordRepository:
                     continue
                 future, payloads, after = inflight[0]
                 derived = future.result()
+                segment = self._position[0]
                 self._store(derived, after)
                 inflight.popleft()
+                if after[0] != segment:
+                    self.spool.release(after)  # under sustained load the drainer is never idle
                 failures = 0
             except (OperationalError, DBAPIError, OSError) as exc:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from atna.fhir import OUTCOME_URI, Search, Token, system_name
+from atna.fhir import Search, Token, system_name
 from atna.message import ParsedAudit, parse_audit
 from atna.models import AuditIndex, AuditRecord
 
@@ -103,6 +103,3 @@ def get(conn: Connection, record_id: int) -> dict[str, Any] | None:
 
 def parsed_of(row: dict[str, Any]) -> ParsedAudit:
     return parse_audit(row["raw"][row["msg_offset"] :])
-
-
-__all__ = ["OUTCOME_URI", "get", "iterate", "parsed_of", "run"]

@@ -22,7 +22,7 @@ and prints p50 / p99 of each, the FindDocuments/bare ratios, and EXPLAIN of the 
 (a plan with a sequential scan of registry_objects fails the run). Exit code 0 on PASS.
 
     .venv/bin/python bench/registry_find_documents.py [--documents 1000000] [--per-patient 10]
-        [--queries 2000] [--database-url postgresql://postgres@127.0.0.1:5432/test] [--keep]
+        [--queries 2000] [--database-url postgresql://postgres@127.0.0.1:5432/test] [--keep | --reuse SCHEMA]
 """
 
 from __future__ import annotations
@@ -242,17 +242,25 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--database-url", default=DEFAULT_URL)
     ap.add_argument("--keep", action="store_true", help="keep the schema (its name is printed)")
+    ap.add_argument("--reuse", metavar="SCHEMA", help="measure again on a schema kept by --keep (implies --keep)")
     args = ap.parse_args()
 
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    schema = args.reuse or f"bench_{uuid.uuid4().hex[:10]}"
+    args.keep = args.keep or bool(args.reuse)
     admin = db.make_engine(args.database_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    if not args.reuse:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     engine = db.make_engine(args.database_url, schema=schema)
     try:
         db.upgrade(engine)
-        print(f"schema {schema}: loading {args.documents:,} DocumentEntries, {args.per_patient} per patient")
-        patients_n = load(engine, args.documents, args.per_patient)
+        if args.reuse:
+            with engine.connect() as conn:
+                patients_n = conn.execute(text("SELECT count(*) FROM registry_patient")).scalar() or 0
+            print(f"schema {schema}: {patients_n:,} patients already loaded")
+        else:
+            print(f"schema {schema}: loading {args.documents:,} DocumentEntries, {args.per_patient} per patient")
+            patients_n = load(engine, args.documents, args.per_patient)
         with engine.connect() as conn:
             size = conn.execute(text("SELECT pg_size_pretty(pg_total_relation_size('registry_objects'))")).scalar()
         print(f"  registry_objects: {size} with its indexes")

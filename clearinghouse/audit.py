@@ -1035,22 +1035,3 @@ def parse_repository_url(url: str) -> tuple[str, int]:
     if not parts.hostname:
         raise ValueError(f"audit repository URL {url!r} names no host")
     return parts.hostname, parts.port or 6514
-
-
-class CollectingSink:
-    """Keeps what it is given, in order: for a caller that wants the messages themselves (a CLI that
-    stores them synchronously, a simulator that sends them later)."""
-
-    def __init__(self, node: AuditNode) -> None:
-        self.node = node
-        self.messages: list[bytes] = []
-        self._lock = threading.Lock()
-
-    def emit(self, message: bytes | AuditMessage) -> None:
-        try:
-            data = message if isinstance(message, bytes) else syslog_message(message.to_xml(), self.node, message.when)
-        except Exception:  # noqa: BLE001 - same contract as every sink
-            log.exception("could not serialise an audit message")
-            return
-        with self._lock:
-            self.messages.append(data)

@@ -168,7 +168,7 @@ def _too_many(limit: int) -> XDSTooManyResults:
 
 # What a result needs of each object: rendering reads the stored XML, the privacy rule the patient.
 # Selecting these columns (not whole ORM objects) keeps a query's cost close to the SELECT's own.
-RESULT_COLUMNS = (O.entry_uuid, O.object_type, O.patient_id, O.created_at, O.version, O.xml)
+RESULT_COLUMNS = (O.entry_uuid, O.object_type, O.patient_id, O.status, O.created_at, O.version, O.xml)
 
 
 # An Association's row carries its ends, so that the queries following associations need no
@@ -446,7 +446,8 @@ def get_submission_set_and_contents(session: Session, req: QueryRequest, limit: 
     folders = [m for m in members if m.object_type == "Folder"]
     included = {ss.entry_uuid} | {r.entry_uuid for r in docs + folders}
     # Associations that are themselves members (Folder->DocumentEntry) count if both ends are returned.
-    inner_rows = [m for m in members if m.object_type == "Association"]
+    statuses = _association_statuses(req)
+    inner_rows = [m for m in members if m.object_type == "Association" and m.status in statuses]
     inner_ends = _ends(session, inner_rows)
     inner = [
         r for r in inner_rows if inner_ends[r.entry_uuid][0] in included and inner_ends[r.entry_uuid][1] in included

@@ -27,6 +27,9 @@ PG_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL", "")
 # Servers the tests start as `clearinghouse serve` take an ephemeral PIX port, so that parallel test
 # workers never compete for the default 8888.
 os.environ.setdefault("CLEARINGHOUSE_PIX_PORT", "0")
+# Likewise the ITI-20 syslog ports (defaults 6514 and 5514, which a host's own syslog daemon may hold).
+os.environ.setdefault("CLEARINGHOUSE_SYSLOG_TLS_PORT", "0")
+os.environ.setdefault("CLEARINGHOUSE_SYSLOG_UDP_PORT", "0")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 

@@ -274,6 +274,11 @@ def test_status_updates(sessions, settings, patient):
     update(sessions, settings, xs.status_update(patient, membership, APPROVED, DEPRECATED))
     assert doc_uids(_folder_contents(sessions, settings, folder_uuid)) == set()
     ss_uuid = row(sessions, doc_uuid).submission_set_uuid
+    contents = xs.query(
+        xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss_uuid)}, "ObjectRef"
+    )
+    assert membership not in ids_of(run(sessions, settings, contents))
+    assert doc_uuid in ids_of(run(sessions, settings, contents))
     for target, code in (
         (xs.new_uuid(), "UnresolvedReferenceException"),
         (ss_uuid, "XDSMetadataUpdateOperationError"),

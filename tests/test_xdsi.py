@@ -189,3 +189,12 @@ def test_a_manifest_may_reference_images_sent_earlier(clearinghouse):
     assert reply.body.get("status") == edge.SUCCESS, edge.errors_of(reply.body)
     got = _rad69(clearinghouse, _triples(study.instances))
     assert edge.retrieved_documents(got) == {i.sop_instance_uid: i.data for i in study.instances}
+
+
+def test_images_of_a_submission_the_registry_refuses_are_not_kept(clearinghouse):
+    stranger = edge.patient_for(edge.new_access_code(), "19720304")  # never fed: the registry refuses
+    study = im.imaging_study({"CT_small.dcm": 1})
+    reply = _submit(clearinghouse, stranger, im.rad68_documents(study, im.manifest(study, edge.REPOSITORY_ID)))
+    assert "XDSUnknownPatientId" in [c for c, _ in edge.errors_of(reply.body)]
+    got = _rad69(clearinghouse, _triples(study.instances))
+    assert [c for c, _ in edge.errors_of(got.body)] == ["XDSMissingDocument"]
