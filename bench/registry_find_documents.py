@@ -285,16 +285,27 @@ def main() -> int:
             api.stored_query(sessions, settings, xs.find_documents(patient))
             cur.execute(BARE_SQL, (patient, md.APPROVED, md.STABLE_DOCUMENT_ENTRY))
             cur.fetchall()
-        for patient, ss in pairs:
+        for n, (patient, ss) in enumerate(pairs):
             request = xs.find_documents(patient)
             contents = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss)})
-            find_ms.append(timed(lambda r=request: counts.append(len(api.stored_query(sessions, settings, r)[0]))))
+            found: list[int] = []
 
-            def bare(p: str = patient) -> None:
+            def find(r: object = request, out: list[int] = found) -> None:
+                out.append(len(api.stored_query(sessions, settings, r)[0]))
+
+            def bare(p: str = patient, out: list[int] = found) -> None:
                 cur.execute(BARE_SQL, (p, md.APPROVED, md.STABLE_DOCUMENT_ENTRY))
-                counts.append(len(cur.fetchall()))
+                out.append(len(cur.fetchall()))
 
-            bare_ms.append(timed(bare))
+            # The first to read a patient's rows finds them outside PostgreSQL's buffers; take turns.
+            if n % 2:
+                bare_ms.append(timed(bare))
+                find_ms.append(timed(find))
+                found.reverse()
+            else:
+                find_ms.append(timed(find))
+                bare_ms.append(timed(bare))
+            counts += found
             contents_ms.append(timed(lambda r=contents: api.stored_query(sessions, settings, r)))
         raw.rollback()
         raw.close()
@@ -336,6 +347,8 @@ def main() -> int:
         print()
         for ok, what in checks:
             print(("PASS " if ok else "FAIL ") + what)
+        print(f"INFO FindDocuments p50 is {r50:.2f}x the bare lookup (the fixed per-query work: pool check-out,")
+        print("     request parsing, statement building, the stored XML parsed into the answer)")
         return 0 if all(ok for ok, _ in checks) else 1
     finally:
         engine.dispose()

@@ -47,6 +47,20 @@ FIND_SUBMISSION_SETS = "urn:uuid:f26abbcb-ac74-4422-8a30-edb644bbc1a9"
 GET_ALL = "urn:uuid:10b545ea-725c-446d-9b95-8aeb444eddf3"
 GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
 GET_SUBMISSION_SET_AND_CONTENTS = "urn:uuid:e8e3cb2c-e39c-46b9-99e4-c12f57260b83"
+FIND_DOCUMENTS_BY_REFERENCE_ID = "urn:uuid:12941a89-e02e-4be5-967c-ce4bfc8fe492"
+FIND_FOLDERS = "urn:uuid:958f3006-baad-4929-a4de-ff1114824431"
+GET_FOLDERS = "urn:uuid:5737b14c-8a1a-4539-b659-e03a34a5e1e4"
+GET_ASSOCIATIONS = "urn:uuid:a7ae438b-4bc2-4642-93e9-be891f7bb155"
+GET_DOCUMENTS_AND_ASSOCIATIONS = "urn:uuid:bab9529a-4a10-40b3-a01f-f68a615d247a"
+GET_SUBMISSION_SETS = "urn:uuid:51224314-5390-4169-9b91-b1980040715a"
+GET_FOLDER_AND_CONTENTS = "urn:uuid:b909a503-523d-4517-8acf-8e5834dfc4c7"
+GET_FOLDERS_FOR_DOCUMENT = "urn:uuid:10cae35a-c7f9-4cf5-b61e-fc3278ffb578"
+GET_RELATED_DOCUMENTS = "urn:uuid:d90e5407-b356-4d91-a89f-873917b4b0e6"
+XFRM = "urn:ihe:iti:2007:AssociationType:XFRM"
+APND = "urn:ihe:iti:2007:AssociationType:APND"
+XFRM_RPLC = "urn:ihe:iti:2007:AssociationType:XFRM_RPLC"
+SIGNS = "urn:ihe:iti:2007:AssociationType:signs"
+UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 
 _SCHEME = {
     "classCode": "urn:uuid:41a5887f-8865-4c09-adf7-e362475b143a",
@@ -562,3 +576,85 @@ def find_documents(
     }
     params.update({f"${k}": v for k, v in extra.items()})
     return query(FIND_DOCUMENTS, params, return_type)
+
+
+# --- ITI-57 and ITI-62 requests ------------------------------------------------------------------
+
+
+def _member_of_submission_set(request: etree._Element, target: str) -> etree._Element:
+    ss = submission_set_id(request)
+    for a in request.iter(f"{{{RIM}}}Association"):
+        if a.get("sourceObject") == ss and a.get("targetObject") == target:
+            return a
+    raise KeyError(target)
+
+
+def new_version(
+    patient_id: str,
+    lid: str,
+    previous_version: str | None = "1",
+    *,
+    document: DocSpec | None = None,
+    folder: FolderSpec | None = None,
+    propagate: str | None = None,
+) -> etree._Element:
+    """An ITI-57 ``lcm:SubmitObjectsRequest`` carrying a new version of the registered DocumentEntry
+    (``document``) or Folder (``folder``) whose logicalId is ``lid``; ``previous_version`` None
+    leaves the PreviousVersion slot out."""
+    docs = [document] if document is not None else []
+    folders = [folder] if folder is not None else []
+    request = submission(patient_id, docs, folders=folders)
+    obj_id = "Document01" if document is not None else "Folder01"
+    xs_obj = find(request, "ExtrinsicObject" if document is not None else "RegistryPackage", obj_id)
+    xs_obj.set("lid", lid)
+    member = _member_of_submission_set(request, obj_id)
+    slots = {}
+    if document is None:  # a Folder's HasMember from the SubmissionSet carries no status of its own
+        slots["SubmissionSetStatus"] = ["Original"]
+    if previous_version is not None:
+        slots["PreviousVersion"] = [previous_version]
+    if propagate is not None:
+        slots["AssociationPropagation"] = [propagate]
+    for name, values in slots.items():
+        _slot(member, name, values)
+    return request
+
+
+def status_update(
+    patient_id: str, target: str, original: str, new: str, *, extra: Sequence[AssocSpec] = ()
+) -> etree._Element:
+    """An ITI-57 request changing the availabilityStatus of the registered object ``target``."""
+    return submission(
+        patient_id,
+        [],
+        extra_associations=[
+            AssocSpec(
+                UPDATE_AVAILABILITY_STATUS,
+                "SubmissionSet01",
+                target,
+                {"OriginalStatus": [original], "NewStatus": [new]},
+            ),
+            *extra,
+        ],
+    )
+
+
+def folder_membership(patient_id: str, folder_uuid: str, document_uuid: str) -> etree._Element:
+    """An ITI-57 (or ITI-42) request adding a registered document to a registered folder."""
+    return submission(
+        patient_id,
+        [],
+        extra_associations=[
+            AssocSpec(HAS_MEMBER, folder_uuid, document_uuid, id="Membership01"),
+            AssocSpec(HAS_MEMBER, "SubmissionSet01", "Membership01"),
+        ],
+    )
+
+
+def remove_request(ids: Iterable[str]) -> etree._Element:
+    """An ITI-62 ``lcm:RemoveObjectsRequest`` naming ``ids``."""
+    root = etree.Element(f"{{{LCM}}}RemoveObjectsRequest", nsmap={"lcm": LCM, "rim": RIM})
+    refs = etree.SubElement(root, f"{{{RIM}}}ObjectRefList")
+    for i in ids:
+        etree.SubElement(refs, f"{{{RIM}}}ObjectRef", id=i)
+    return root

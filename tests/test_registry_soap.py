@@ -158,6 +158,7 @@ def test_remove_a_submission_over_soap(clearinghouse, schemas):
     assert valid(schemas["lcm"], request)
     reply = clearinghouse.soap("edge", "/xds/registry").call(ITI42, request)
     assert reply.body.get("status") == edge.SUCCESS, edge.errors_of(reply.body)
+    assert reply.action == ITI42 + "Response" and valid(schemas["rs"], reply.body)
     phr = clearinghouse.soap("phr", "/xds/registry")
     contents = xs.query(
         xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss_uuid)}, "ObjectRef"
