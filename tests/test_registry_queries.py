@@ -7,9 +7,6 @@ is set. Each test files its documents under fresh patients, so tests share one d
 from __future__ import annotations
 
 import importlib.util
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,21 +14,22 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from lxml import etree
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import registry.models  # noqa: F401 - registers the tables on Base.metadata
 from clearinghouse.config import Settings
-from clearinghouse.db import Base, make_engine, session_factory, transaction
+from clearinghouse.db import Base, transaction
 from clearinghouse.errors import XdsError
 from registry import api, patients, queries, query_params, store
 from registry import metadata as md
 from registry.models import RegistryAssociationRow, RegistryObjectRow, RegistryValueRow
 from registry.queries import parse_literal
 from tests import xds_samples as xs
+from tests.registry_db import BACKENDS  # noqa: E402
+from tests.registry_db import drop as _drop  # noqa: E402
+from tests.registry_db import fresh_engine as _fresh_engine  # noqa: E402
 
-PG_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL", "")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "ebRS"
 MIGRATION = Path(__file__).resolve().parents[1] / "registry" / "migrations" / "registry_0001_objects.py"
 REGISTRY_TABLES = {"registry_objects", "registry_values", "registry_associations", "registry_patient"}
@@ -41,41 +39,9 @@ SS_NODE = md.SUBMISSION_SET_NODE
 # --- database fixtures ---------------------------------------------------------------------------
 
 
-def _fresh_engine(backend: str, tmp_path: Path) -> tuple[Engine, object]:
-    if backend == "postgresql":
-        schema = f"reg_{uuid.uuid4().hex[:12]}"
-        admin = make_engine(PG_URL)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        return make_engine(PG_URL, schema=schema), (admin, schema)
-    return make_engine(f"sqlite:///{tmp_path / 'registry.db'}"), None
-
-
-def _drop(engine: Engine, cleanup: object) -> None:
-    engine.dispose()
-    if cleanup:
-        admin, schema = cleanup  # type: ignore[misc]
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    eng, cleanup = _fresh_engine(request.param, tmp_path_factory.mktemp(request.param))
-    Base.metadata.create_all(eng)
-    yield eng
-    _drop(eng, cleanup)
-
-
-@pytest.fixture(scope="module")
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
-
-
-@pytest.fixture(scope="module")
-def settings() -> Settings:
-    return Settings()
+# The database fixtures (engine, sessions, settings on SQLite and PostgreSQL) are shared with the other
+# registry tests.
+pytest_plugins = ("tests.registry_db",)
 
 
 @pytest.fixture(scope="module")
