@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -887,7 +888,7 @@ class AuditSink(Protocol):
     def emit(self, message: bytes | AuditMessage) -> None: ...
 
 
-class QueuedSink:
+class QueuedSink(ABC):
     """Base of the sinks: ``emit`` serialises to an RFC 5424 message and queues it; one background
     thread hands batches to ``_deliver`` and retries a failed batch (with backoff) until it succeeds
     or the sink is closed. ``message`` given as bytes is taken as a complete syslog message."""
@@ -974,11 +975,12 @@ class QueuedSink:
                 self._busy = False
                 self._cond.notify_all()
 
+    @abstractmethod
     def _deliver(self, batch: list[bytes]) -> None:
-        raise NotImplementedError
+        """Hand a batch to its destination durably, or raise so that it is retried."""
 
-    def _disconnect(self) -> None:
-        pass
+    def _disconnect(self) -> None:  # noqa: B027 - a hook: only sinks holding a connection override it
+        """Drop any connection the sink holds (called on close and after a failed delivery)."""
 
 
 class LocalRepositorySink(QueuedSink):

@@ -92,84 +92,24 @@ def test_simulator_cli(clearinghouse, study_dir, tmp_path):
     ident_e, ident_p = clearinghouse.identities["edge"], clearinghouse.identities["phr"]
     base = f"https://localhost:{clearinghouse.https_port}"
     cli = [sys.executable, "-m", "clearinghouse.cli"]
-    sent = subprocess.run(
-        [
-            *cli,
-            "edge",
-            "send",
-            "--server",
-            base,
-            "--feed",
-            f"mllp+tls://localhost:{clearinghouse.feed_port}",
-            "--ca",
-            str(ident_e.ca),
-            "--cert",
-            str(ident_e.cert),
-            "--key",
-            str(ident_e.key),
-            "--dob",
-            "19700101",
-            "--report",
-            str(tmp_path / "report.txt"),
-            str(study_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    edge_send = [
+        *cli, "edge", "send", "--server", base, "--feed", f"mllp+tls://localhost:{clearinghouse.feed_port}",
+        "--ca", str(ident_e.ca), "--cert", str(ident_e.cert), "--key", str(ident_e.key), "--dob", "19700101",
+    ]  # fmt: skip
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+
+    sent = run(*edge_send, "--report", str(tmp_path / "report.txt"), str(study_dir))
     assert sent.returncode == 0, sent.stderr
     code = next(line.split(":", 1)[1].strip() for line in sent.stdout.splitlines() if "Access code:" in line)
-    fetched = subprocess.run(
-        [
-            *cli,
-            "phr",
-            "fetch",
-            "--server",
-            base,
-            "--ca",
-            str(ident_p.ca),
-            "--cert",
-            str(ident_p.cert),
-            "--key",
-            str(ident_p.key),
-            "--access-code",
-            code,
-            "--dob",
-            "19700101",
-            "--out",
-            str(tmp_path / "dl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    fetched = run(
+        *cli, "phr", "fetch", "--server", base, "--ca", str(ident_p.ca), "--cert", str(ident_p.cert),
+        "--key", str(ident_p.key), "--access-code", code, "--dob", "19700101", "--out", str(tmp_path / "dl"),
+    )  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr
     assert "3 document(s) saved" in fetched.stdout
-    refused = subprocess.run(
-        [
-            *cli,
-            "edge",
-            "send",
-            "--server",
-            base,
-            "--feed",
-            f"mllp+tls://localhost:{clearinghouse.feed_port}",
-            "--ca",
-            str(ident_e.ca),
-            "--cert",
-            str(ident_e.cert),
-            "--key",
-            str(ident_e.key),
-            "--dob",
-            "19700101",
-            "--fault",
-            "bad-hash",
-            str(study_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = run(*edge_send, "--fault", "bad-hash", str(study_dir))
     assert refused.returncode == 1 and "XDSRepositoryMetadataError" in refused.stderr
 
 
