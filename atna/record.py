@@ -232,32 +232,7 @@ def split_cx(cx: str) -> tuple[str, str]:
 
 # The chained columns, in order. Every stored fact of a record is here, so changing any of them
 # (or deleting or reordering records) breaks the chain from that record on.
-CHAINED = (
-    "id",
-    "received_at",
-    "transport",
-    "peer_address",
-    "peer_subject",
-    "declared_length",
-    "syslog_pri",
-    "syslog_timestamp",
-    "syslog_hostname",
-    "syslog_app_name",
-    "syslog_procid",
-    "syslog_msgid",
-    "msg_offset",
-    "form",
-    "valid",
-    "findings",
-    "event_id",
-    "event_id_system",
-    "event_action",
-    "event_outcome",
-    "event_time",
-    "audit_source_id",
-    "audit_site_id",
-    "raw_sha256",
-)
+CHAINED = ("id", *ROW_KEYS)
 
 
 def canonical(row: dict[str, Any]) -> bytes:
