@@ -37,6 +37,7 @@ CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT)
 import edge  # noqa: E402  (test helpers: tests/edge.py)
 import xds_samples as xs  # noqa: E402
 from lxml import etree  # noqa: E402
+from serverproc import clearinghouse_cmd, free_ports  # noqa: E402  (bench/serverproc.py)
 
 from clearinghouse.mllp import MllpClient  # noqa: E402
 from clearinghouse.soap.client import SoapReply, https_client  # noqa: E402
@@ -49,22 +50,6 @@ MIB = 1 << 20
 
 
 # --------------------------------------------------------------------------- server process
-
-
-def clearinghouse_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("clearinghouse")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "clearinghouse.cli"]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_for_port(proc: subprocess.Popen[bytes], port: int, tls: ssl.SSLContext, timeout: float = 60.0) -> None:
@@ -164,10 +149,17 @@ def iti41_request(
     The metadata carries the big file's real SHA-1 and size (the repository verifies them); the
     big part's source is its Path, so neither client nor server ever holds it in memory.
     """
+    # Not imaging manifests: the KOS formatCode (the builder's default) would make RAD-68 rules apply.
     big_spec = xs.DocSpec(
-        mime_type="application/octet-stream", hash=big_sha1, size=big.stat().st_size, title="Large benchmark document"
+        mime_type="application/octet-stream",
+        hash=big_sha1,
+        size=big.stat().st_size,
+        title="Large benchmark document",
+        format_code=xs.Code("urn:ihe:iti:xds:2017:mimeTypeSufficient", "1.3.6.1.4.1.19376.1.2.3", "Mime type"),
     )
-    dcm_spec = xs.DocSpec(mime_type="application/dicom", content=dicom, title="CT_small.dcm")
+    dcm_spec = xs.DocSpec(
+        mime_type="application/dicom", content=dicom, title="CT_small.dcm", format_code=edge.dicom_format(dicom)
+    )
     request = xs.provide_and_register(patient, [big_spec, dcm_spec])
     attachments: list[tuple[str, str, object]] = []
     sources = [(big, "application/octet-stream"), (dicom, "application/dicom")]

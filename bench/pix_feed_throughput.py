@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
+from serverproc import clearinghouse_cmd, free_ports  # noqa: E402  (bench/serverproc.py)
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from clearinghouse.mllp import MllpClient  # noqa: E402
@@ -45,22 +46,6 @@ AFFINITY = "1.3.6.1.4.1.19376.3.840.1.1.1"
 # Unique per run, so that a PostgreSQL database can be reused between runs.
 RUN = uuid.uuid4().hex[:8]
 SITE_OID, SITE_NS, SOURCE = f"1.2.826.0.1.3680043.10.1045.{int(RUN, 16)}", f"BENCH-{RUN}", f"bench-edge-{RUN}"
-
-
-def clearinghouse_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("clearinghouse")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "clearinghouse.cli"]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cli(home: Path, db_url: str, *args: str) -> None:
