@@ -8,7 +8,13 @@ MLLP/TLS), submits an N MiB document (streamed from disk as an MTOM part) plus a
 (ITI-41), retrieves the big document back (ITI-43) and checks its SHA-1, while a thread samples the
 server's VmRSS every 50 ms. Prints throughput and peak RSS; exit code 0 on PASS, 1 on FAIL.
 
+Documents are stored encrypted (the default). ``--store s3`` stores them in an S3-compatible service
+instead of the filesystem: ``--s3-endpoint`` of a running one (MinIO; credentials from
+CLEARINGHOUSE_S3_ACCESS_KEY/_SECRET_KEY), or by default a moto server started here (moto keeps
+objects in its own memory, in this process, not the server's: mind the machine's RAM for large N).
+
     .venv/bin/python bench/iti41_large_submission.py [--size-mb 2048] [--keep] [--dir DIR]
+        [--store filesystem|s3] [--s3-endpoint URL] [--encryption aes-256-gcm|none]
 """
 
 from __future__ import annotations
@@ -208,9 +214,10 @@ def report(name: str, size: int, phase: Phase) -> None:
     )
 
 
-def run(size_mib: int, work: Path) -> tuple[float, list[str]]:
+def run(size_mib: int, work: Path, env: dict[str, str] | None = None) -> tuple[float, list[str]]:
     """The benchmark proper: the server's peak RSS (MiB) and the failed checks (empty on success)."""
     home, clients = work / "home", work / "clients"
+    server_env = {**CHILD_ENV, **(env or {})}
     cli = clearinghouse_cmd()
     for name, role in (("edge", "source"), ("phr", "consumer")):
         subprocess.run(
@@ -225,7 +232,7 @@ def run(size_mib: int, work: Path) -> tuple[float, list[str]]:
         [*cli, "serve", "--home", str(home), "--https-port", str(https_port), "--feed-port", str(feed_port)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=CHILD_ENV,
+        env=server_env,
     )
     failures: list[str] = []
     try:
@@ -300,20 +307,46 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=2048, help="size of the big document in MiB (default 2048)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (server log, files)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to create the temporary directory")
+    parser.add_argument("--store", choices=["filesystem", "s3"], default="filesystem", help="document store")
+    parser.add_argument("--s3-endpoint", help="http(s)://HOST:PORT of an S3 service (default: a moto server here)")
+    parser.add_argument("--encryption", choices=["aes-256-gcm", "none"], default="aes-256-gcm")
     args = parser.parse_args()
     free = shutil.disk_usage(args.dir).free
-    need = 3 * args.size_mb * MIB + 256 * MIB  # test file, stored copy, retrieved copy
+    need = 4 * args.size_mb * MIB + 256 * MIB  # test file, spool and stored copies, retrieved copy
     if free < need:
         print(f"refusing: {free / MIB:.0f} MiB free in {args.dir}, need ~{need / MIB:.0f} MiB", file=sys.stderr)
         return 2
     if os.stat(args.dir).st_dev != os.stat(ROOT).st_dev:
         print(f"note: {args.dir} is not on the disk of {ROOT} (tmpfs would keep the files in RAM); see --dir")
     work = Path(tempfile.mkdtemp(prefix="iti41-bench-", dir=args.dir))
+    env = {"CLEARINGHOUSE_ENCRYPTION": args.encryption}
+    # Listeners the benchmark does not use take ephemeral ports, so that other servers on the host do not collide.
+    env.update({f"CLEARINGHOUSE_{p}_PORT": "0" for p in ("SYSLOG_TLS", "SYSLOG_UDP", "PIX", "CONSOLE")})
+    moto = None
+    print(f"store: {args.store}, encryption: {args.encryption}")
     try:
-        peak, failures = run(args.size_mb, work)
+        if args.store == "s3":
+            endpoint = args.s3_endpoint
+            if not endpoint:
+                from moto.server import ThreadedMotoServer
+
+                (port,) = free_ports(1)
+                moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+                moto.start()
+                endpoint = f"http://127.0.0.1:{port}"
+            env.update(
+                CLEARINGHOUSE_STORE_URL=f"s3://iti41-bench-{os.getpid()}/documents",
+                CLEARINGHOUSE_S3_ENDPOINT=endpoint,
+                CLEARINGHOUSE_S3_ACCESS_KEY=os.environ.get("CLEARINGHOUSE_S3_ACCESS_KEY", "bench"),
+                CLEARINGHOUSE_S3_SECRET_KEY=os.environ.get("CLEARINGHOUSE_S3_SECRET_KEY", "bench-secret"),
+                CLEARINGHOUSE_S3_REGION=os.environ.get("CLEARINGHOUSE_S3_REGION", "us-east-1"),
+            )
+        peak, failures = run(args.size_mb, work, env)
     except Exception as exc:  # noqa: BLE001 - any error is a failed benchmark, reported as such
         peak, failures = 0.0, [f"{type(exc).__name__}: {exc}"]
     finally:
+        if moto is not None:
+            moto.stop()
         if args.keep:
             print(f"kept {work}")
         else:

@@ -1,11 +1,11 @@
 """The repository's own tables: one row per stored document, keyed by its XDS uniqueId, and the
-DICOM instances those documents are (migrations repository_0001, repository_0002)."""
+DICOM instances those documents are (migrations repository_0001 to repository_0003)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearinghouse.db import Base
@@ -22,6 +22,11 @@ class StoredDocument(Base):
     mime_type: Mapped[str] = mapped_column(String(128), nullable=False)
     store_key: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    # How the bytes are stored at rest (repository_0003): "none" (plaintext, documents from before
+    # encryption) or a repository.crypto scheme, with the data key wrapped under KEK ``kek_id``.
+    encryption: Mapped[str] = mapped_column(String(32), nullable=False, default="none", server_default="none")
+    kek_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class DicomInstance(Base):

@@ -38,7 +38,7 @@ from clearinghouse.soap.mtom import MtomMessage, is_xop_include
 from clearinghouse.xmlsafe import NS, qname
 from repository.imaging import SubmittedDocument, check_imaging_submission, index_rows
 from repository.models import DicomInstance, StoredDocument
-from repository.store import DocumentStore
+from repository.store_sealed import SealedStore
 
 log = logging.getLogger("repository.provide")
 
@@ -241,7 +241,7 @@ def provide_and_register(
     *,
     settings: Settings,
     sessions: sessionmaker[Session],
-    store: DocumentStore,
+    store: SealedStore,
     register: RegisterFn,
     submitter: str | None = None,
 ) -> etree._Element:
@@ -260,17 +260,26 @@ def provide_and_register(
                 session,
                 settings.repository_unique_id,
             )
-            for d in _check_existing(session, documents):
-                key = store.put(d.path)
-                stored.append((d.unique_id, key))
+            fresh = _check_existing(session, documents)
+            # Sealing a large document takes a while: store every one before the first row is
+            # written, so the transaction holds no write lock (SQLite: the database's) meanwhile.
+            held = {}
+            for d in fresh:
+                held[d.unique_id] = at_rest = store.put(d.path, d.size)
+                stored.append((d.unique_id, at_rest.key))
+            for d in fresh:
+                at_rest = held[d.unique_id]
                 session.add(
                     StoredDocument(
                         unique_id=d.unique_id,
                         size=d.size,
                         sha1=d.sha1,
                         mime_type=d.mime_type,
-                        store_key=key,
+                        store_key=at_rest.key,
                         created_at=now,
+                        encryption=at_rest.encryption,
+                        kek_id=at_rest.kek_id,
+                        wrapped_dek=at_rest.wrapped_dek,
                     )
                 )
                 if d.unique_id in instances:
@@ -309,7 +318,7 @@ def _mark_submitter(sor: etree._Element, participant: str) -> None:
             _set_slot(package, SUBMITTER_SLOT, participant)
 
 
-def _undo(sessions: sessionmaker[Session], store: DocumentStore, stored: list[tuple[str, str]]) -> None:
+def _undo(sessions: sessionmaker[Session], store: SealedStore, stored: list[tuple[str, str]]) -> None:
     if not stored:
         return
     try:
