@@ -8,11 +8,17 @@ from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from clearinghouse.errors import SEVERITY_ERROR, XDSMissingDocument, XDSRepositoryError, XDSUnknownRepositoryId
-from clearinghouse.soap.mtom import cid_href, content_id_for
+from clearinghouse.errors import (
+    SEVERITY_ERROR,
+    XDSDocumentUniqueIdError,
+    XDSRepositoryError,
+    XDSUnknownRepositoryId,
+)
+from clearinghouse.soap.mtom import MtomPart, cid_href, content_id_for
 from clearinghouse.xmlsafe import NS, qname
 from repository.models import StoredDocument
-from repository.store import DocumentStore
+from repository.store import StoredObjectMissing
+from repository.store_sealed import SealedStore, UnreadableDocument
 
 STATUS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:"
 PARTIAL = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
@@ -22,7 +28,7 @@ MAX_DOCUMENTS_PER_REQUEST = 1000
 @dataclass
 class RetrieveResult:
     body: etree._Element
-    attachments: list[tuple[str, str, object]]
+    attachments: list[MtomPart]
 
 
 def _error(errors: etree._Element, code: str, context: str, location: str) -> None:
@@ -42,13 +48,13 @@ def retrieve_document_set(
     repository_unique_id: str,
     home_community_id: str,
     sessions: sessionmaker[Session],
-    store: DocumentStore,
+    store: SealedStore,
 ) -> RetrieveResult:
     wanted = request.findall("xdsb:DocumentRequest", NS)
     response = etree.Element(qname("xdsb", "RetrieveDocumentSetResponse"), nsmap={"xdsb": NS["xdsb"], "rs": NS["rs"]})
     registry_response = etree.SubElement(response, qname("rs", "RegistryResponse"))
     errors = etree.Element(qname("rs", "RegistryErrorList"))
-    attachments: list[tuple[str, str, object]] = []
+    attachments: list[MtomPart] = []
     if not wanted or len(wanted) > MAX_DOCUMENTS_PER_REQUEST:
         _error(
             errors,
@@ -70,8 +76,22 @@ def retrieve_document_set(
                 )
                 continue
             held = session.scalar(select(StoredDocument).where(StoredDocument.unique_id == doc_id)) if doc_id else None
-            if held is None or not store.exists(held.store_key):
-                _error(errors, XDSMissingDocument.code, f"document {doc_id!r} is not held by this repository", doc_id)
+            try:
+                if held is None:
+                    raise StoredObjectMissing(doc_id)
+                # Verified (cheaply, or whole when small) before the response names the document.
+                source = store.open(held)
+            except StoredObjectMissing:
+                # ITI TF-2b 3.43.4.2.3: a document not (or no longer) available is XDSDocumentUniqueIdError.
+                _error(
+                    errors,
+                    XDSDocumentUniqueIdError.code,
+                    f"document {doc_id!r} is not held by this repository (never stored, or removed)",
+                    doc_id,
+                )
+                continue
+            except UnreadableDocument as exc:
+                _error(errors, XDSRepositoryError.code, unreadable_context(exc), doc_id)
                 continue
             cid = content_id_for(i)
             dr = etree.SubElement(response, qname("xdsb", "DocumentResponse"))
@@ -82,8 +102,8 @@ def retrieve_document_set(
             etree.SubElement(dr, qname("xdsb", "mimeType")).text = held.mime_type
             doc = etree.SubElement(dr, qname("xdsb", "Document"))
             etree.SubElement(doc, qname("xop", "Include"), nsmap={"xop": NS["xop"]}, href=cid_href(cid))
-            path = store.path_hint(held.store_key)
-            attachments.append((cid, held.mime_type, path if path is not None else _chunks(store, held.store_key)))
+            # The exact plaintext size makes Content-Length exact; a segment failing later aborts the stream.
+            attachments.append(MtomPart(cid, held.mime_type, source, held.size))
     found = len(attachments)
     if len(errors):
         registry_response.append(errors)
@@ -93,5 +113,9 @@ def retrieve_document_set(
     return RetrieveResult(response, attachments)
 
 
-def _chunks(store: DocumentStore, key: str):  # noqa: ANN202
-    return lambda: store.chunks(key)
+def unreadable_context(exc: UnreadableDocument) -> str:
+    """The codeContext for a held document that cannot be served (XDSRepositoryError: the repository
+    holds it but cannot produce it; XDSDocumentUniqueIdError would tell the consumer it is not held)."""
+    if exc.tampered:
+        return f"document {exc.unique_id!r} failed its integrity check at this repository and is not served"
+    return f"document {exc.unique_id!r} cannot be decrypted at this repository (key not available)"
