@@ -11,18 +11,24 @@ generate_series) from the XML of a real sample submission resolved by the regist
 
 Then, for random patients, it times in the same run, interleaved:
 
-- FindDocuments (LeafClass, status Approved) through ``registry.api.stored_query`` -- the code the
-  ITI-18 SOAP endpoint runs: request parsing, merged-patient lookup, the SELECT, the rendering of
-  the AdhocQueryResponse;
-- the bare indexed SQL lookup it rests on: the same rows (every column, XML included) fetched with
-  one hand-written SELECT on a raw psycopg cursor;
+- FindDocuments (LeafClass, status Approved) end to end as the ITI-18 SOAP handler runs it, without
+  the network: ``registry.api.stored_query`` (request parsing, pool check-out, the SELECT with the
+  merged-patient subquery, the AdhocQueryResponse built from the stored objects) and the
+  serialisation of that response to bytes;
+- the bare indexed SQL lookup it rests on: the SQL that answers the same question -- the
+  DocumentEntry rows (every column, XML included) of the patient and the identifiers merged into
+  it, with the status and entry type asked for, in the same order -- on a held psycopg cursor;
 - GetSubmissionSetAndContents for the same patient's SubmissionSet, for reference;
 
-and prints p50 / p99 of each, the FindDocuments/bare ratios, and EXPLAIN of the statements
-(a plan with a sequential scan of registry_objects fails the run). Exit code 0 on PASS.
+and prints p50 / p99 of each, the FindDocuments/bare ratios, the median cost of each stage of
+FindDocuments (where the time goes), and EXPLAIN of the statements (a plan with a sequential scan
+of registry_objects fails the run). ``--rounds N`` repeats the measurement N times in one process
+and prints every round and the median of the rounds (figures on a shared machine are noisy).
+Exit code 0 on PASS (judged on the median of the rounds).
 
     .venv/bin/python bench/registry_find_documents.py [--documents 1000000] [--per-patient 10]
-        [--queries 2000] [--database-url postgresql://postgres@127.0.0.1:5432/test] [--keep | --reuse SCHEMA]
+        [--queries 2000] [--rounds 1] [--database-url postgresql://postgres@127.0.0.1:5432/test]
+        [--keep | --reuse SCHEMA]
 """
 
 from __future__ import annotations
@@ -41,11 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import xds_samples as xs  # noqa: E402  (test helpers: tests/xds_samples.py)
+from lxml import etree  # noqa: E402
 from sqlalchemy import Engine, event, text  # noqa: E402
 
 from clearinghouse import db  # noqa: E402
 from clearinghouse.config import Settings  # noqa: E402
-from registry import api  # noqa: E402
+from registry import api, queries  # noqa: E402
 from registry import metadata as md  # noqa: E402
 
 P99_LIMIT_MS = 25.0
@@ -203,9 +210,51 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 BARE_SQL = (
-    "SELECT * FROM registry_objects WHERE patient_id = %s AND object_type = 'DocumentEntry' "
-    "AND status = %s AND entry_type = %s ORDER BY created_at, entry_uuid LIMIT 1001"
+    "SELECT * FROM registry_objects WHERE patient_id IN "
+    "(SELECT patient_id FROM registry_patient WHERE merged_into = %(p)s UNION ALL SELECT %(p)s) "
+    "AND object_type = 'DocumentEntry' AND status = %(status)s AND entry_type = %(type)s "
+    "ORDER BY created_at, entry_uuid LIMIT 1001"
 )
+
+
+def bare_params(patient: str) -> dict[str, str]:
+    return {"p": patient, "status": md.APPROVED, "type": md.STABLE_DOCUMENT_ENTRY}
+
+
+def stages(sessions: object, settings: Settings, patients: list[str], cur: object) -> list[tuple[str, float]]:
+    """Median cost of each stage of FindDocuments, run one by one as registry.api runs them."""
+    times: dict[str, list[float]] = {}
+
+    def stage(name: str, fn: Callable[[], object]) -> object:
+        started = time.perf_counter()
+        out = fn()
+        times.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        return out
+
+    for patient in patients:
+        request = xs.find_documents(patient)
+        req = stage("parse the AdhocQueryRequest", lambda r=request: queries.parse_request(r))
+        session_scope = api._read_session(sessions)  # noqa: SLF001 - the bench times the API's own parts
+        session = stage("pool check-out (with its liveness ping)", session_scope.__enter__)
+        try:
+            result = stage(
+                "the SELECT through SQLAlchemy, rows fetched",
+                lambda s=session, q=req: queries.run(
+                    s, q, max_results=settings.query_max_results, home_community_id=settings.home_community_id
+                ),
+            )
+            response = stage(
+                "AdhocQueryResponse: stored XML parsed (lxml)",
+                lambda s=session, r=result: queries.success_response(queries.render_objects(s, r)),
+            )
+        finally:
+            session_scope.__exit__(None, None, None)
+        stage("response serialised to bytes", lambda r=response: etree.tostring(r))
+        stage(
+            "bare SELECT, same rows (psycopg)",
+            lambda p=patient: (cur.execute(BARE_SQL, bare_params(p)), cur.fetchall()),
+        )
+    return [(name, statistics.median(values)) for name, values in times.items()]
 
 
 def executed_plans(engine: Engine, run: Callable[[], object]) -> list[tuple[str, str]]:
@@ -240,6 +289,7 @@ def main() -> int:
     ap.add_argument("--documents", type=int, default=1_000_000)
     ap.add_argument("--per-patient", type=int, default=10)
     ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=1, help="measure this many times and judge the median")
     ap.add_argument("--database-url", default=DEFAULT_URL)
     ap.add_argument("--keep", action="store_true", help="keep the schema (its name is printed)")
     ap.add_argument("--reuse", metavar="SCHEMA", help="measure again on a schema kept by --keep (implies --keep)")
@@ -270,9 +320,6 @@ def main() -> int:
         raw = engine.raw_connection()
         cur = raw.cursor()
         rng = random.Random(8)
-        sample = [rng.randrange(patients_n) for _ in range(args.queries)]
-        find_ms, bare_ms, contents_ms = [], [], []
-        counts = []
 
         def ids(p: int) -> tuple[str, str]:
             with engine.connect() as conn:
@@ -280,50 +327,71 @@ def main() -> int:
                 ss = conn.execute(text(f"SELECT {_sql_uuid('ss', ':p')}"), {"p": p}).scalar()
             return patient, ss
 
-        pairs = [ids(p) for p in sample]
-        for patient, _ss in pairs[:200]:  # warm caches and connection pool
-            api.stored_query(sessions, settings, xs.find_documents(patient))
-            cur.execute(BARE_SQL, (patient, md.APPROVED, md.STABLE_DOCUMENT_ENTRY))
+        def find_end_to_end(request: etree._Element) -> bytes:
+            return etree.tostring(api.stored_query(sessions, settings, request))
+
+        for p in rng.sample(range(patients_n), min(200, patients_n)):  # warm caches and connection pool
+            patient, _ss = ids(p)
+            find_end_to_end(xs.find_documents(patient))
+            cur.execute(BARE_SQL, bare_params(patient))
             cur.fetchall()
-        for n, (patient, ss) in enumerate(pairs):
-            request = xs.find_documents(patient)
-            contents = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss)})
-            found: list[int] = []
 
-            def find(r: object = request, out: list[int] = found) -> None:
-                out.append(len(api.stored_query(sessions, settings, r)[0]))
+        rounds = []
+        for r in range(args.rounds):
+            pairs = [ids(rng.randrange(patients_n)) for _ in range(args.queries)]
+            find_ms, bare_ms, contents_ms = [], [], []
+            counts: list[int] = []
+            for n, (patient, ss) in enumerate(pairs):
+                request = xs.find_documents(patient)
+                contents = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss)})
+                found: list[int] = []
 
-            def bare(p: str = patient, out: list[int] = found) -> None:
-                cur.execute(BARE_SQL, (p, md.APPROVED, md.STABLE_DOCUMENT_ENTRY))
-                out.append(len(cur.fetchall()))
+                def find(r: etree._Element = request, out: list[int] = found) -> None:
+                    out.append(find_end_to_end(r).count(b"<rim:ExtrinsicObject "))
 
-            # The first to read a patient's rows finds them outside PostgreSQL's buffers; take turns.
-            if n % 2:
-                bare_ms.append(timed(bare))
-                find_ms.append(timed(find))
-                found.reverse()
-            else:
-                find_ms.append(timed(find))
-                bare_ms.append(timed(bare))
-            counts += found
-            contents_ms.append(timed(lambda r=contents: api.stored_query(sessions, settings, r)))
+                def bare(p: str = patient, out: list[int] = found) -> None:
+                    cur.execute(BARE_SQL, bare_params(p))
+                    out.append(len(cur.fetchall()))
+
+                # The first to read a patient's rows finds them outside PostgreSQL's buffers; take turns.
+                if n % 2:
+                    bare_ms.append(timed(bare))
+                    find_ms.append(timed(find))
+                    found.reverse()
+                else:
+                    find_ms.append(timed(find))
+                    bare_ms.append(timed(bare))
+                counts += found
+                contents_ms.append(timed(lambda r=contents: api.stored_query(sessions, settings, r)))
+            matched = counts[0::2]
+            assert matched == counts[1::2], "FindDocuments and the bare lookup must return the same rows"
+            figures = {
+                "find": (percentile(find_ms, 50), percentile(find_ms, 99)),
+                "bare": (percentile(bare_ms, 50), percentile(bare_ms, 99)),
+                "contents": (percentile(contents_ms, 50), percentile(contents_ms, 99)),
+            }
+            figures["ratio"] = (figures["find"][0] / figures["bare"][0], figures["find"][1] / figures["bare"][1])
+            rounds.append(figures)
+            print(f"\nround {r + 1}: {args.queries} queries, {statistics.mean(matched):.1f} documents per answer")
+            print(f"{'':38}{'p50 ms':>10}{'p99 ms':>10}")
+            for label, key in (
+                ("FindDocuments end to end (api+bytes)", "find"),
+                ("bare indexed SELECT (psycopg)", "bare"),
+                ("GetSubmissionSetAndContents", "contents"),
+            ):
+                print(f"{label:38}{figures[key][0]:>10.2f}{figures[key][1]:>10.2f}")
+            print(f"{'FindDocuments / bare':38}{figures['ratio'][0]:>9.2f}x{figures['ratio'][1]:>9.2f}x")
+        median = {k: tuple(statistics.median(f[k][i] for f in rounds) for i in (0, 1)) for k in rounds[0]}
+        if args.rounds > 1:
+            print(f"\nmedian of {args.rounds} rounds{'':16}{'p50':>10}{'p99':>10}")
+            for key in ("find", "bare", "contents"):
+                print(f"{key:38}{median[key][0]:>10.2f}{median[key][1]:>10.2f}")
+            print(f"{'FindDocuments / bare':38}{median['ratio'][0]:>9.2f}x{median['ratio'][1]:>9.2f}x")
+        print("\nwhere FindDocuments spends its time (median ms over 300 patients):")
+        for stage, ms in stages(sessions, settings, [ids(rng.randrange(patients_n))[0] for _ in range(300)], cur):
+            print(f"  {stage:50}{ms:>8.3f}")
         raw.rollback()
         raw.close()
-
-        matched = counts[0::2]
-        assert matched == counts[1::2], "FindDocuments and the bare lookup must return the same rows"
-        print(f"\n{args.queries} queries, {statistics.mean(matched):.1f} documents per answer (LeafClass)\n")
-        print(f"{'':38}{'p50 ms':>10}{'p99 ms':>10}")
-        rows = [
-            ("FindDocuments (registry.api)", find_ms),
-            ("bare indexed SELECT (psycopg)", bare_ms),
-            ("GetSubmissionSetAndContents", contents_ms),
-        ]
-        for label, values in rows:
-            print(f"{label:38}{percentile(values, 50):>10.2f}{percentile(values, 99):>10.2f}")
-        r50 = percentile(find_ms, 50) / percentile(bare_ms, 50)
-        r99 = percentile(find_ms, 99) / percentile(bare_ms, 99)
-        print(f"{'FindDocuments / bare':38}{r50:>9.2f}x{r99:>9.2f}x")
 
         print()
         seq_scans = []
@@ -338,17 +406,17 @@ def main() -> int:
                 if "Seq Scan on registry_" in plan:
                     seq_scans.append(label)
 
-        p99 = percentile(find_ms, 99)
+        p99 = median["find"][1]
+        r50, r99 = median["ratio"]
         checks = [
             (p99 < P99_LIMIT_MS, f"FindDocuments p99 {p99:.2f} ms < {P99_LIMIT_MS} ms"),
+            (r50 <= RATIO_LIMIT, f"FindDocuments p50 within {RATIO_LIMIT}x of the bare lookup ({r50:.2f}x)"),
             (r99 <= RATIO_LIMIT, f"FindDocuments p99 within {RATIO_LIMIT}x of the bare lookup ({r99:.2f}x)"),
             (not seq_scans, f"no sequential scan of the registry tables ({', '.join(seq_scans) or 'none'})"),
         ]
         print()
         for ok, what in checks:
             print(("PASS " if ok else "FAIL ") + what)
-        print(f"INFO FindDocuments p50 is {r50:.2f}x the bare lookup (the fixed per-query work: pool check-out,")
-        print("     request parsing, statement building, the stored XML parsed into the answer)")
         return 0 if all(ok for ok, _ in checks) else 1
     finally:
         engine.dispose()

@@ -2,8 +2,10 @@
 "busy" or "out of resources" (XDSRegistryBusy, XDSRegistryOutOfResources; ITI TF-3 4.2.4.1).
 
 A source that gets one of these two errors can simply try again later; every other error means its
-request is wrong. The mapping is a pure function of the exception so it can be tested without
-producing a full disk or a lock storm.
+request is wrong, except XDSRegistryError for a database that accepts no writes at all (a
+read-only database or standby): the registry cannot do its job, and waiting will not fix it. The
+mapping is a pure function of the exception so it can be tested without producing a full disk or a
+lock storm (tests/test_registry_load.py provokes them on a live server too).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from clearinghouse.errors import XdsError, XDSRegistryBusy, XDSRegistryOutOfResources
+from clearinghouse.errors import XdsError, XDSRegistryBusy, XDSRegistryError, XDSRegistryOutOfResources
 
 # PostgreSQL SQLSTATEs (Appendix A of its manual) that a retry can cure.
 _PG_BUSY = {
@@ -33,6 +35,9 @@ _PG_OUT_OF_RESOURCES = {
     "53200": "the database is out of memory (out_of_memory)",
     "53400": "a database configuration limit was exceeded (configuration_limit_exceeded)",
 }
+# The database refuses every write (read_only_sql_transaction): not a lack of resources.
+_PG_REFUSES_WRITES = {"25006": "the registry database accepts no writes (it is read-only)"}
+_SQLITE_READ_ONLY = ("attempt to write a readonly database",)
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database schema is locked")
 _SQLITE_FULL = ("database or disk is full", "out of memory")
 _OS_OUT_OF_RESOURCES = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
@@ -45,7 +50,8 @@ def _sqlstate(exc: DBAPIError) -> str:
 
 def resource_error(exc: BaseException) -> XdsError | None:
     """XDSRegistryBusy / XDSRegistryOutOfResources for an exception that means the registry is
-    overloaded or exhausted; None for anything else (a bug or a bad request)."""
+    overloaded or exhausted, XDSRegistryError for a database that refuses writes; None for anything
+    else (a bug or a bad request)."""
     if isinstance(exc, PoolTimeout):
         return XDSRegistryBusy("every database connection is in use; try again shortly")
     if isinstance(exc, MemoryError):
@@ -58,7 +64,11 @@ def resource_error(exc: BaseException) -> XdsError | None:
             return XDSRegistryBusy(f"{_PG_BUSY[state]}; try again shortly")
         if state in _PG_OUT_OF_RESOURCES:
             return XDSRegistryOutOfResources(f"{_PG_OUT_OF_RESOURCES[state]}; try again later")
+        if state in _PG_REFUSES_WRITES:
+            return XDSRegistryError(f"{_PG_REFUSES_WRITES[state]}; nothing was stored")
         text = str(exc.orig).lower()
+        if any(marker in text for marker in _SQLITE_READ_ONLY):
+            return XDSRegistryError("the registry database accepts no writes (it is read-only); nothing was stored")
         if any(marker in text for marker in _SQLITE_BUSY):
             return XDSRegistryBusy("the database is locked by another transaction; try again shortly")
         if any(marker in text for marker in _SQLITE_FULL):

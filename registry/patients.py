@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Index, Integer, Select, String, select, update
+from sqlalchemy import CheckConstraint, ColumnElement, DateTime, Index, Integer, Select, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from clearinghouse.db import Base
@@ -66,6 +66,26 @@ def register_patient(session: Session, patient_id: str) -> bool:
     session.add(RegistryPatient(**values))
     session.flush()
     return True
+
+
+def register_patients(session: Session, patient_ids: list[str]) -> None:
+    """``register_patient`` for many identifiers in one statement (a backlog fed by the PIX Manager)."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        for patient_id in patient_ids:
+            register_patient(session, patient_id)
+        return
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    now = datetime.now(UTC)
+    rows = [
+        {"patient_id": p, "status": ACTIVE, "created_at": now, "updated_at": now} for p in dict.fromkeys(patient_ids)
+    ]
+    if rows:
+        stmt = insert(RegistryPatient.__table__).on_conflict_do_nothing(index_elements=["patient_id"])
+        session.execute(stmt, rows)
 
 
 def merge_patients(
@@ -138,8 +158,9 @@ def resolve_patient(session: Session, patient_id: str) -> str | None:
     return None  # a cycle: treat as unknown rather than guess
 
 
-def merged_aliases_query(surviving_id: str) -> Select:
-    """SELECT of the identifiers merged into ``surviving_id``, to use as a subquery."""
+def merged_aliases_query(surviving_id: str | ColumnElement[str]) -> Select:
+    """SELECT of the identifiers merged into ``surviving_id`` (a value or a bound parameter), to
+    use as a subquery."""
     return select(RegistryPatient.patient_id).where(RegistryPatient.merged_into == surviving_id)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
-from sqlalchemy import ColumnElement, Select, String, and_, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, exists, func, literal, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -122,7 +122,13 @@ def _code_groups(req: QueryRequest, name: str, kind: str) -> list[ColumnElement[
 
 def document_filters(req: QueryRequest) -> list[ColumnElement[bool]]:
     """The DocumentEntry filters of FindDocuments(ByReferenceId), GetAll and the *AndContents queries."""
-    clauses: list[ColumnElement[bool]] = [O.object_type == "DocumentEntry", O.entry_type.in_(_entry_types(req))]
+    return [O.object_type == "DocumentEntry", O.entry_type.in_(_entry_types(req)), *optional_document_filters(req)]
+
+
+def optional_document_filters(req: QueryRequest) -> list[ColumnElement[bool]]:
+    """The DocumentEntry filters for the optional parameters present in the request (none for a
+    plain query by patient and status)."""
+    clauses: list[ColumnElement[bool]] = []
     single_codes = (
         ("$XDSDocumentEntryClassCode", O.class_code),
         ("$XDSDocumentEntryTypeCode", O.type_code),
@@ -245,6 +251,23 @@ def _patients(req: QueryRequest, name: str) -> Select:
     return merged_aliases_query(patient).union_all(select(literal(patient, String)))
 
 
+# FindDocuments is the query consumers send most, so its statement is built once, with bound
+# parameters, and only the optional filters a request carries are added to it: building the
+# expression tree and its cache key costs more than PostgreSQL takes to answer from the index.
+_PATIENT = bindparam("patient", type_=String)
+_FIND_DOCUMENTS = (
+    select(*RESULT_COLUMNS)
+    .where(
+        O.patient_id.in_(merged_aliases_query(_PATIENT).union_all(select(_PATIENT))),
+        O.status.in_(bindparam("statuses", expanding=True)),
+        O.object_type == "DocumentEntry",
+        O.entry_type.in_(bindparam("entry_types", expanding=True)),
+    )
+    .order_by(O.created_at, O.entry_uuid)
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
 def _check_home(req: QueryRequest, home_community_id: str) -> None:
     home = req.text("$homeCommunityId")
     if home is not None and home != home_community_id:
@@ -292,18 +315,22 @@ def _total(rows: list[ResultRow], limit: int) -> list[ResultRow]:
 # --- the stored queries --------------------------------------------------------------------------
 
 
-def find_documents_statement(req: QueryRequest) -> Select:
-    """The one SELECT of FindDocuments / FindDocumentsByReferenceId: the patient index
-    (patient_id, object_type, status) gives the rows, the other filters are checked on them."""
-    patients = _patients(req, "$XDSDocumentEntryPatientId")
-    return select(OBJECTS).where(
-        O.patient_id.in_(patients), O.status.in_(req.texts("$XDSDocumentEntryStatus")), *document_filters(req)
-    )
-
-
 def find_documents(session: Session, req: QueryRequest, limit: int, home: str) -> list[ResultRow]:
-    """FindDocuments and FindDocumentsByReferenceId (3.18.4.1.2.3.7.1, .7.14)."""
-    return _fetch(session, find_documents_statement(req), limit)
+    """FindDocuments and FindDocumentsByReferenceId (3.18.4.1.2.3.7.1, .7.14): one SELECT, in
+    which the patient index (patient_id, object_type, status) gives the rows and the other filters
+    are checked on them."""
+    filters = optional_document_filters(req)
+    stmt = _FIND_DOCUMENTS.where(*filters) if filters else _FIND_DOCUMENTS
+    values = {
+        "patient": req.text("$XDSDocumentEntryPatientId") or "",
+        "statuses": req.texts("$XDSDocumentEntryStatus"),
+        "entry_types": _entry_types(req),
+        "limit": limit + 1,
+    }
+    rows = list(session.connection().execute(stmt, values))
+    if len(rows) > limit:
+        raise _too_many(limit)
+    return rows
 
 
 def find_submission_sets(session: Session, req: QueryRequest, limit: int, home: str) -> list[ResultRow]:

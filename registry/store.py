@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from lxml import etree
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from registry import metadata as md
@@ -299,7 +299,7 @@ def new_association(
     submitted_by: str | None,
 ) -> str:
     """Create an Association the registry itself derives (folder membership of a replacement or of
-    a new version); returns its entry UUID."""
+    a new version, a relationship propagated to a new version); returns its entry UUID."""
     entry_uuid = md.new_uuid_urn()
     element = etree.Element(
         f"{{{md.RIM}}}Association",
@@ -355,6 +355,22 @@ def approved_members_of(session: Session, folder_uuid: str) -> list[str]:
     return list(
         session.scalars(select(O.entry_uuid).where(O.entry_uuid.in_(membership), O.object_type == "DocumentEntry"))
     )
+
+
+def approved_relationships_of(session: Session, document_uuid: str) -> list[tuple[str, str, str]]:
+    """(source, target, type) of the Approved relationship Associations (RPLC, XFRM, APND,
+    XFRM_RPLC, signs, IsSnapshotOf) that leave or arrive at a DocumentEntry."""
+    stmt = (
+        select(A.source_uuid, A.target_uuid, A.assoc_type)
+        .join(O, O.entry_uuid == A.entry_uuid)
+        .where(
+            or_(A.source_uuid == document_uuid, A.target_uuid == document_uuid),
+            A.assoc_type.in_(md.RELATIONSHIP_TYPES),
+            O.status == md.APPROVED,
+        )
+        .order_by(O.created_at, A.entry_uuid)
+    )
+    return [(s, t, k) for s, t, k in session.execute(stmt)]
 
 
 def _dependents(session: Session, document_uuid: str) -> list[RegistryObjectRow]:

@@ -30,8 +30,10 @@ def apply_update(
     participant: str,
     now: datetime,
 ) -> None:
-    """Validate against the registry and store: new versions (the previous one Deprecated, folder
-    memberships carried over unless AssociationPropagation = no), status changes, memberships.
+    """Validate against the registry and store: new versions (the previous one Deprecated; unless
+    AssociationPropagation = no, the new version of a DocumentEntry joins the Folders of the
+    previous one and takes its place in its Approved relationships, and a Folder's new version
+    keeps its members), status changes, memberships.
     Raises XdsError with every problem found; writes nothing then."""
     targets = [s.assoc.target for s in plan.status_updates]
     existing = store.lookup_objects(session, store.submission_entry_ids(sub) | set(targets))
@@ -61,11 +63,15 @@ def apply_update(
             continue
         if isinstance(new, md.DocumentEntry):
             for folder in store.approved_folders_of(session, old.entry_uuid):
-                _link(session, folder.entry_uuid, new.id, resolved, folder.patient_id, now, participant)
+                _link(session, md.HAS_MEMBER, folder.entry_uuid, new.id, resolved, folder.patient_id, now, participant)
                 touched[folder.entry_uuid] = folder
+            # The new version stands in the relationships of the one it replaces, at the same end.
+            for source, target, kind in store.approved_relationships_of(session, old.entry_uuid):
+                ends = [new.id if end == old.entry_uuid else end for end in (source, target)]
+                _link(session, kind, ends[0], ends[1], resolved, new.patient_id, now, participant)
         else:
             for document in store.approved_members_of(session, old.entry_uuid):
-                _link(session, new.id, document, resolved, new.patient_id, now, participant)
+                _link(session, md.HAS_MEMBER, new.id, document, resolved, new.patient_id, now, participant)
     for status in plan.status_updates:
         row = session.get(RegistryObjectRow, status.assoc.target)
         assert row is not None
@@ -77,8 +83,9 @@ def apply_update(
 
 def _link(
     session: Session,
-    folder: str,
-    document: str,
+    kind: str,
+    source: str,
+    target: str,
     resolved: md.Submission,
     patient: str | None,
     now: datetime,
@@ -87,9 +94,9 @@ def _link(
     ss = resolved.submission_set
     store.new_association(
         session,
-        md.HAS_MEMBER,
-        folder,
-        document,
+        kind,
+        source,
+        target,
         submission_set_uuid=ss.id if ss else None,
         patient_id=patient,
         when=now,

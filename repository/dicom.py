@@ -1,5 +1,17 @@
 """DICOM instances the repository holds: reading their identity with pydicom, and re-encoding an
-uncompressed instance in the other little-endian transfer syntax when a RAD-69 consumer asks.
+instance in another transfer syntax when a RAD-69 consumer does not accept the stored one.
+
+What pydicom does on its own, without native codecs (RAD TF-3 4.69.4.2.3: the pixel data is encoded
+in one of the transfer syntaxes the consumer lists, or that instance is an error):
+
+- between the native little-endian syntaxes (Implicit VR, Explicit VR, Deflated Explicit VR):
+  only the encoding of the data set changes, pixel values are copied as they are;
+- into RLE Lossless (pydicom's own RLE encoder) from a native syntax;
+- from RLE Lossless into a native syntax (pydicom's own RLE decoder).
+
+Explicit VR Big Endian is retired (DICOM PS3.5 Annex A.3) and pydicom refuses to convert between
+byte orders, so it is served only when stored that way; the JPEG family needs codecs this
+repository does not ship, so such an instance is served only in its stored syntax.
 
 Only the header is read to index an instance (``stop_before_pixels``); the bytes stored are always
 the bytes received.
@@ -9,17 +21,35 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-# Native (uncompressed) encodings pydicom converts between without touching pixel values.
-TRANSCODABLE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+# Native (uncompressed) little-endian encodings: converting between them leaves pixel values alone.
+NATIVE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
+# Every syntax this repository can re-encode an instance into (from a syntax in TRANSCODABLE).
+TRANSCODABLE = NATIVE | {RLE_LOSSLESS}
+
+
+def can_transcode(stored: str, target: str) -> bool:
+    """Whether an instance stored in ``stored`` can be re-encoded in ``target`` by pydicom alone."""
+    return stored in TRANSCODABLE and target in TRANSCODABLE and stored != target
+
+
+def transcode_target(stored: str, accepted: Sequence[str]) -> str | None:
+    """The first of the consumer's ``accepted`` syntaxes (its order of preference) that an instance
+    stored in ``stored`` can be re-encoded in; None when there is none."""
+    return next((t for t in accepted if can_transcode(stored, t)), None)
 
 
 @dataclass(frozen=True)
@@ -69,14 +99,34 @@ def read_instance(path: Path) -> InstanceInfo:
     return instance_info(read_dataset(path))
 
 
+def _decode_rle(ds: Dataset) -> None:
+    """Replace RLE Lossless pixel data by its native form (pydicom's own decoder, no NumPy)."""
+    buffer, meta = get_decoder(RLE_LOSSLESS).as_buffer(ds, decoding_plugin="pydicom")
+    pixels = bytes(buffer)
+    if len(pixels) % 2:
+        pixels += b"\0"
+    ds.PixelData = pixels
+    element = ds["PixelData"]
+    element.VR = "OW" if int(meta.get("bits_allocated", ds.get("BitsAllocated", 8))) > 8 else "OB"
+    element.is_undefined_length = False
+    if "planar_configuration" in meta and int(ds.get("SamplesPerPixel", 1)) > 1:
+        ds.PlanarConfiguration = int(meta["planar_configuration"])
+
+
 def transcode(path: Path, transfer_syntax_uid: str, spool_dir: Path) -> Path:
-    """A copy of the instance at ``path`` encoded in ``transfer_syntax_uid`` (one of TRANSCODABLE),
-    written to a new 0600 file in ``spool_dir``; the caller deletes it."""
-    if transfer_syntax_uid not in TRANSCODABLE:
-        raise ValueError(f"cannot encode in {transfer_syntax_uid}")
+    """A copy of the instance at ``path`` encoded in ``transfer_syntax_uid``, written to a new 0600
+    file in ``spool_dir``; the caller deletes it. ValueError when pydicom alone cannot do it
+    (see ``can_transcode``)."""
     ds = pydicom.dcmread(path)
-    if str(ds.file_meta.TransferSyntaxUID) not in TRANSCODABLE:
-        raise ValueError(f"cannot re-encode an instance stored in {ds.file_meta.TransferSyntaxUID}")
+    stored = str(ds.file_meta.TransferSyntaxUID)
+    if not can_transcode(stored, transfer_syntax_uid):
+        raise ValueError(f"cannot re-encode an instance stored in {stored} in {transfer_syntax_uid}")
+    has_pixels = "PixelData" in ds
+    if stored == RLE_LOSSLESS and has_pixels:
+        _decode_rle(ds)
+    if transfer_syntax_uid == RLE_LOSSLESS and has_pixels:
+        # Lossless: the same instance, so the same SOP Instance UID (pydicom would make a new one).
+        ds.compress(RLE_LOSSLESS, encoding_plugin="pydicom", generate_instance_uid=False)
     ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=spool_dir, prefix="rad69-", suffix=".dcm")

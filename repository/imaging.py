@@ -29,9 +29,11 @@ from clearinghouse.errors import (
 from clearinghouse.soap.mtom import MtomPart, cid_href, content_id_for
 from clearinghouse.xmlsafe import NS, qname
 from repository import kos
-from repository.dicom import TRANSCODABLE, InstanceInfo, NotDicom, instance_info, read_dataset, transcode
+from repository.dicom import InstanceInfo, NotDicom, instance_info, read_dataset, transcode, transcode_target
 from repository.models import DicomInstance, StoredDocument
-from repository.store import DocumentStore
+from repository.retrieve import unreadable_context
+from repository.store import StoredObjectMissing
+from repository.store_sealed import SealedStore, UnreadableDocument
 
 XDSI = "urn:ihe:rad:xdsi-b:2009"
 DICOM_MIME_TYPE = "application/dicom"
@@ -216,6 +218,18 @@ def _add_error(errors: etree._Element, code: str, context: str, location: str) -
     )
 
 
+def _not_supported(
+    uid: str, instance: DicomInstance, syntaxes: Sequence[str], reason: BaseException | None = None
+) -> str:
+    """codeContext for an instance none of whose accepted transfer syntaxes can be produced
+    (RAD TF-3 4.69.4.2.3)."""
+    why = f" ({reason})" if reason is not None else ""
+    return (
+        f"transfer syntax not supported: instance {uid} is held in transfer syntax "
+        f"{instance.transfer_syntax_uid} and cannot be provided in any of {', '.join(syntaxes)}{why}"
+    )
+
+
 def _streamed_then_deleted(path: Path) -> Iterator[bytes]:
     try:
         with open(path, "rb") as fh:
@@ -230,7 +244,7 @@ def retrieve_imaging_document_set(
     *,
     repository_unique_id: str,
     sessions: sessionmaker[Session],
-    store: DocumentStore,
+    store: SealedStore,
     spool_dir: Path,
 ) -> ImagingRetrieveResult:
     """RAD-69: every instance asked for, in one of the transfer syntaxes accepted, as MTOM parts of
@@ -266,7 +280,12 @@ def retrieve_imaging_document_set(
                 )
                 .order_by(StoredDocument.created_at.desc())
             ).first()
-            if found is None or not store.exists(found[1].store_key):
+            try:
+                if found is None:
+                    raise StoredObjectMissing(uid)
+                # Every read goes through the verifying (decrypting) reader, checked before the response names it.
+                verified = store.open(found[1])
+            except StoredObjectMissing:
                 _add_error(
                     errors,
                     XDSMissingDocument.code,
@@ -274,24 +293,32 @@ def retrieve_imaging_document_set(
                     uid,
                 )
                 continue
+            except UnreadableDocument as exc:
+                _add_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
+                continue
             instance, held = found
             source: object
-            path = store.path_hint(held.store_key)
             if instance.transfer_syntax_uid in syntaxes:
-                part_source = path if path is not None else (lambda k=held.store_key: store.chunks(k))
+                part_source = verified
                 size = held.size
             else:
-                target = next((t for t in syntaxes if t in TRANSCODABLE), None)
-                if target is None or instance.transfer_syntax_uid not in TRANSCODABLE or path is None:
-                    _add_error(
-                        errors,
-                        XDSRepositoryError.code,
-                        f"instance {uid} is held in transfer syntax {instance.transfer_syntax_uid} and cannot be "
-                        f"provided in any of {', '.join(syntaxes)}",
-                        uid,
-                    )
+                target = transcode_target(instance.transfer_syntax_uid, syntaxes)
+                if target is None:
+                    _add_error(errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes), uid)
                     continue
-                copy = transcode(path, target, spool_dir)
+                try:
+                    plain = store.to_file(held, spool_dir)
+                except UnreadableDocument as exc:
+                    _add_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
+                    continue
+                try:
+                    copy = transcode(plain, target, spool_dir)
+                except (ValueError, NotImplementedError, RuntimeError, AttributeError, KeyError) as exc:
+                    # pydicom refuses pixel data it cannot encode (e.g. RLE of 64-bit samples).
+                    _add_error(errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes, exc), uid)
+                    continue
+                finally:
+                    plain.unlink(missing_ok=True)
                 size = copy.stat().st_size
                 part_source = lambda p=copy: _streamed_then_deleted(p)  # noqa: E731 - bound per part
             source = part_source

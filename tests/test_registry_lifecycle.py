@@ -204,6 +204,86 @@ def test_new_version_of_a_document_entry(sessions, settings, patient):
     assert ids_of(_folder_contents(sessions, settings, folder_uuid), "ExtrinsicObject") == {doc_uuid, latest}
 
 
+def _relationships_of(sessions, entry_uuid: str) -> set[tuple[str, str, str, str]]:
+    """(source, target, short type, status) of the relationship Associations touching an object."""
+    with sessions() as session:
+        found = session.execute(
+            select(
+                RegistryAssociationRow.source_uuid,
+                RegistryAssociationRow.target_uuid,
+                RegistryAssociationRow.assoc_type,
+                RegistryObjectRow.status,
+            )
+            .join(RegistryObjectRow, RegistryObjectRow.entry_uuid == RegistryAssociationRow.entry_uuid)
+            .where(
+                (RegistryAssociationRow.source_uuid == entry_uuid) | (RegistryAssociationRow.target_uuid == entry_uuid),
+                RegistryAssociationRow.assoc_type != xs.HAS_MEMBER,
+            )
+        )
+        return {(s, t, k.rsplit(":", 1)[-1], st) for s, t, k, st in found}
+
+
+def test_new_version_takes_the_place_of_the_old_one_in_its_relationships(sessions, settings, patient):
+    """ITI TF-2b 3.57.4.1.3.3.1 (association propagation): the Approved relationships of the
+    previous version, at either end, are repeated for the new one; Deprecated ones are not, and
+    AssociationPropagation = no repeats nothing."""
+    earlier = xs.DocSpec()
+    register(sessions, settings, xs.submission(patient, [earlier]))
+    earlier_uuid = uuid_of(sessions, earlier.unique_id)
+    doc = xs.DocSpec()
+    register(
+        sessions,
+        settings,
+        xs.submission(patient, [doc], extra_associations=[xs.AssocSpec(xs.APND, "Document01", earlier_uuid)]),
+    )
+    doc_uuid = uuid_of(sessions, doc.unique_id)
+    transform, signature, withdrawn = xs.DocSpec(format_code=xs.FORMAT_PDF), xs.DocSpec(), xs.DocSpec()
+    register(
+        sessions,
+        settings,
+        xs.submission(
+            patient,
+            [transform, signature, withdrawn],
+            extra_associations=[
+                xs.AssocSpec(xs.XFRM, "Document01", doc_uuid),
+                xs.AssocSpec(xs.SIGNS, "Document02", doc_uuid),
+                xs.AssocSpec(xs.APND, "Document03", doc_uuid),
+            ],
+        ),
+    )
+    transform_uuid, signature_uuid, withdrawn_uuid = (
+        uuid_of(sessions, d.unique_id) for d in (transform, signature, withdrawn)
+    )
+    withdrawn_link = association_uuid(sessions, withdrawn_uuid, doc_uuid, xs.APND)
+    update(sessions, settings, xs.status_update(patient, withdrawn_link, APPROVED, DEPRECATED))
+    before = _relationships_of(sessions, doc_uuid)
+
+    v2 = xs.DocSpec(unique_id=doc.unique_id, content=xs.document_content(doc, doc.unique_id), title="Corrected")
+    update(sessions, settings, xs.new_version(patient, doc_uuid, "1", document=v2))
+    second = uuid_of(sessions, doc.unique_id)
+    assert _relationships_of(sessions, second) == {
+        (second, earlier_uuid, "APND", APPROVED),
+        (transform_uuid, second, "XFRM", APPROVED),
+        (signature_uuid, second, "signs", APPROVED),
+    }
+    assert _relationships_of(sessions, doc_uuid) == before  # the previous version keeps its own
+    # The propagated associations are registry objects like any other: GetRelatedDocuments finds them.
+    related = run(
+        sessions,
+        settings,
+        xs.query(
+            xs.GET_RELATED_DOCUMENTS,
+            {"$XDSDocumentEntryEntryUUID": xs.quoted(second), "$AssociationTypes": xs.quoted_list([xs.XFRM, xs.APND])},
+        ),
+    )
+    assert ids_of(related, "ExtrinsicObject") == {second, transform_uuid, earlier_uuid}
+    assert row(sessions, earlier_uuid).status == APPROVED and row(sessions, transform_uuid).status == APPROVED
+
+    v3 = xs.DocSpec(unique_id=doc.unique_id, content=xs.document_content(doc, doc.unique_id), title="Again")
+    update(sessions, settings, xs.new_version(patient, doc_uuid, "2", document=v3, propagate="no"))
+    assert _relationships_of(sessions, uuid_of(sessions, doc.unique_id)) == set()
+
+
 def test_new_version_errors_change_nothing(sessions, settings, patient):
     doc = xs.DocSpec()
     register(sessions, settings, xs.submission(patient, [doc]))

@@ -137,6 +137,7 @@ def test_migration_creates_exactly_the_model_tables(backend, tmp_path):
             ("registry_0001", None),
             ("registry_0002", "registry_0001"),
             ("registry_0003", "registry_0002"),
+            ("registry_0004", "registry_0003"),
         ]
         assert modules[0].branch_labels == ("registry",)
         with eng.begin() as conn:

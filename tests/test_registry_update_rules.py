@@ -8,7 +8,7 @@ import sqlite3
 import threading
 
 import pytest
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from clearinghouse.config import DEFAULT_AFFINITY_DOMAIN_OID
@@ -239,6 +239,11 @@ class _PgError(Exception):
         (OperationalError("x", {}, sqlite3.OperationalError("database or disk is full")), "XDSRegistryOutOfResources"),
         (MemoryError(), "XDSRegistryOutOfResources"),
         (OSError(errno.ENOSPC, "No space left on device"), "XDSRegistryOutOfResources"),
+        (InternalError("x", {}, _PgError("25006")), "XDSRegistryError"),
+        (
+            OperationalError("x", {}, sqlite3.OperationalError("attempt to write a readonly database")),
+            "XDSRegistryError",
+        ),
         (OperationalError("x", {}, _PgError("42P01")), None),
         (IntegrityError("x", {}, _PgError("23505")), None),
         (OSError(errno.EACCES, "Permission denied"), None),

@@ -11,7 +11,15 @@ from pathlib import Path
 import edge
 import pytest
 from lxml import etree
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.data import get_testdata_file
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from clearinghouse.soap.client import SoapFault
 from clearinghouse.xmlsafe import NS
@@ -198,3 +206,73 @@ def test_images_of_a_submission_the_registry_refuses_are_not_kept(clearinghouse)
     assert "XDSUnknownPatientId" in [c for c, _ in edge.errors_of(reply.body)]
     got = _rad69(clearinghouse, _triples(study.instances))
     assert [c for c, _ in edge.errors_of(got.body)] == ["XDSMissingDocument"]
+
+
+def _native_pixels(data: bytes) -> bytes:
+    """The pixel data of an instance in native form, decoded by pydicom if it is RLE."""
+    ds = im.dataset(data)
+    if ds.file_meta.TransferSyntaxUID == RLELossless:
+        return bytes(get_decoder(RLELossless).as_buffer(ds, decoding_plugin="pydicom")[0])
+    return ds.PixelData
+
+
+def test_rad69_re_encodes_into_the_syntaxes_pydicom_can_write(clearinghouse, rs_schema):
+    """RAD TF-3 4.69.4.2.3: each instance comes in one of the transfer syntaxes the consumer lists,
+    its first choice that can be produced, or is an XDSRepositoryError for that instance."""
+    patient = _patient(clearinghouse)
+    study = im.imaging_study(
+        {"CT_small.dcm": 1, "MR_small_RLE.dcm": 1, "SC_rgb_rle_2frame.dcm": 1, "SC_rgb_jpeg_dcmtk.dcm": 1}
+    )
+    reply = _submit(clearinghouse, patient, im.rad68_documents(study, im.manifest(study, edge.REPOSITORY_ID)))
+    assert reply.body.get("status") == edge.SUCCESS, edge.errors_of(reply.body)
+    ct, mr_rle, rgb_rle, jpeg = study.instances
+    assert (mr_rle.transfer_syntax_uid, jpeg.transfer_syntax_uid) == (RLELossless, JPEG_BASELINE)
+
+    def served(instance: im.Instance, syntaxes: list[str]):  # noqa: ANN202
+        got = _rad69(clearinghouse, _triples([instance]), syntaxes)
+        response = _registry_response(got)
+        assert rs_schema.validate(copy.deepcopy(response)), rs_schema.error_log
+        documents = edge.retrieved_documents(got)
+        return response, (im.dataset(documents[instance.sop_instance_uid]) if documents else None)
+
+    # Native into RLE Lossless (pydicom's encoder) and into Deflated Explicit VR Little Endian;
+    # the first syntax of the list that can be produced wins.
+    for syntaxes, expected in (
+        ([RLELossless, ExplicitVRBigEndian], RLELossless),
+        ([JPEG_BASELINE, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian], DeflatedExplicitVRLittleEndian),
+    ):
+        response, ds = served(ct, syntaxes)
+        assert response.get("status") == edge.SUCCESS and ds is not None
+        assert ds.file_meta.TransferSyntaxUID == expected
+        assert ds.SOPInstanceUID == ct.sop_instance_uid
+        assert _native_pixels(im._encode(ds)) == im.dataset(ct.data).PixelData
+
+    # RLE Lossless decoded to native: the same pixels as the uncompressed original of the sample.
+    response, ds = served(mr_rle, [ExplicitVRLittleEndian])
+    assert response.get("status") == edge.SUCCESS and ds is not None
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.PixelData == im.dataset(Path(get_testdata_file("MR_small.dcm")).read_bytes()).PixelData
+    # Colour, two frames: decoded planes stay planes (PlanarConfiguration 1), every byte present.
+    response, ds = served(rgb_rle, [ImplicitVRLittleEndian])
+    assert response.get("status") == edge.SUCCESS and ds is not None
+    assert (ds.PlanarConfiguration, len(ds.PixelData)) == (1, ds.Rows * ds.Columns * 3 * int(ds.NumberOfFrames))
+    assert ds.PixelData == _native_pixels(rgb_rle.data)
+
+    # Stored as accepted: the bytes as received, even when the consumer also lists others.
+    assert (
+        edge.retrieved_documents(_rad69(clearinghouse, _triples([mr_rle]), [ImplicitVRLittleEndian, RLELossless]))[
+            mr_rle.sop_instance_uid
+        ]
+        == mr_rle.data
+    )
+
+    # What pydicom cannot produce: JPEG without a codec, retired Big Endian.
+    for instance, syntaxes in ((jpeg, [ExplicitVRLittleEndian, RLELossless]), (ct, [ExplicitVRBigEndian])):
+        response, ds = served(instance, syntaxes)
+        assert ds is None and response.get("status") == edge.FAILURE
+        [(code, context)] = edge.errors_of(response)
+        assert code == "XDSRepositoryError" and "transfer syntax not supported" in context
+        assert [e.get("location") for e in response.iter(f"{{{NS['rs']}}}RegistryError")] == [instance.sop_instance_uid]
+    assert edge.retrieved_documents(_rad69(clearinghouse, _triples([jpeg]), [JPEG_BASELINE]))[
+        jpeg.sop_instance_uid
+    ] == (jpeg.data)
