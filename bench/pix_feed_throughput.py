@@ -109,12 +109,24 @@ def phase(port: int, ctx: ssl.SSLContext, run: str, total: int, connections: int
     return time.perf_counter() - started, failures
 
 
-def stored(db_url: str, run: str) -> tuple[int, int]:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process ``pid`` so far (Linux /proc): less sensitive to what else
+    runs on the machine than wall time, so the cost per message can be compared across runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def stored(db_url: str, run: str) -> tuple[int, int, int]:
+    """Messages and identifiers stored for ``run``, and the number of writer transactions that stored
+    them: the writer stamps every new patient of one transaction with the same time."""
     engine = create_engine(db_url)
     with engine.connect() as conn:
         messages = conn.execute(text("SELECT count(*) FROM pix_message WHERE control_id LIKE :p"), {"p": run + "%"})
-        idents = conn.execute(text("SELECT count(*) FROM pix_identifier WHERE value LIKE :p"), {"p": "_" + run + "%"})
-        result = int(messages.scalar_one()), int(idents.scalar_one())
+        like = {"p": "_" + run + "%"}
+        idents = conn.execute(text("SELECT count(*) FROM pix_identifier WHERE value LIKE :p"), like)
+        commits = conn.execute(text("SELECT count(DISTINCT created_at) FROM pix_identifier WHERE value LIKE :p"), like)
+        result = int(messages.scalar_one()), int(idents.scalar_one()), int(commits.scalar_one())
     engine.dispose()
     return result
 
@@ -136,6 +148,7 @@ def main() -> int:
         "CLEARINGHOUSE_LOG_LEVEL": "WARNING",
         "CLEARINGHOUSE_SYSLOG_TLS_PORT": str(syslog_tls),
         "CLEARINGHOUSE_SYSLOG_UDP_PORT": str(syslog_udp),
+        "CLEARINGHOUSE_CONSOLE_PORT": "-1",  # not measured; and 9443 may be taken
     }
     if args.database_url:
         env["CLEARINGHOUSE_DATABASE_URL"] = args.database_url
@@ -166,10 +179,15 @@ def main() -> int:
         )
         for connections in (1, 8):
             run = f"B{connections}{uuid.uuid4().hex[:6]}"
+            cpu_before = cpu_seconds(server.pid)
             seconds, failures = phase(pix, ctx, run, args.messages, connections)
+            cpu_after = cpu_seconds(server.pid)
+            user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
+            cpu = user + system
             total = args.messages // connections * connections
             rate = total / seconds
-            messages, identifiers = stored(db_url, run)
+            per_message = cpu / total
+            messages, identifiers, commits = stored(db_url, run)
             complete = not failures and messages == total and identifiers == 2 * total
             ok &= complete
             print(
@@ -177,6 +195,14 @@ def main() -> int:
                 f"{rate:7.0f} msg/s ({rate / GOAL:4.2f} x the {GOAL:.0f}/s goal); "
                 f"acknowledged AA {total - len(failures)}/{total}, stored {messages} messages and "
                 f"{identifiers} identifiers{'' if complete else '  <-- INCOMPLETE'}"
+            )
+            # The server's CPU time per message bounds what two idle cores could do: two cores give at
+            # most 2 / per_message messages a second (less, since the GIL serialises most of the work).
+            print(
+                f"     server CPU {cpu:6.2f} s (user {user:.2f}, system {system:.2f}) = "
+                f"{per_message * 1e6:6.0f} us/message "
+                f"({cpu / seconds:4.2f} cores busy); one idle core would give {1 / per_message:7.0f} msg/s; "
+                f"{commits} writer transactions ({total / max(commits, 1):4.1f} messages per commit)"
             )
             for f in failures[:5]:
                 print(f"    {f}")

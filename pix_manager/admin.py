@@ -11,15 +11,18 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from pix_manager.identifiers import Domain, PixConfig, Subscription
 from pix_manager.models import (
+    ACTIVE,
     DEAD,
     PENDING,
     PixConfigState,
     PixDomain,
+    PixIdentifier,
     PixOutbox,
+    PixPatient,
     PixSubscription,
 )
 
@@ -167,6 +170,7 @@ class OutboxEntry:
     last_error: str
     created_at: datetime
     next_attempt_at: datetime
+    delivered_at: datetime | None = None
 
 
 def _entry(r: Row[Any]) -> OutboxEntry:
@@ -180,6 +184,7 @@ def _entry(r: Row[Any]) -> OutboxEntry:
         r.last_error,
         r.created_at,
         r.next_attempt_at,
+        r.delivered_at,
     )
 
 
@@ -207,3 +212,39 @@ def replay(conn: Connection, entry_id: int) -> OutboxEntry:
         .values(status=PENDING, attempts=0, next_attempt_at=datetime.now(UTC), last_error="")
     )
     return _entry(conn.execute(select(O).where(O.c.id == entry_id)).one())
+
+
+@dataclass(frozen=True)
+class CrossReference:
+    """One person: every identifier linked to it, (namespace, OID, value, status) with the retired
+    (merged) ones last."""
+
+    patient_id: int
+    identifiers: tuple[tuple[str, str, str, str], ...]
+    updated_at: datetime
+
+
+def cross_references(
+    conn: Connection, *, identifier: str = "", limit: int = 50, offset: int = 0
+) -> tuple[int, list[CrossReference]]:
+    """(number of persons, one page of them, most recently changed first); with ``identifier``, only
+    the persons holding an identifier of that value (in any domain)."""
+    ident, person = PixIdentifier.__table__, PixPatient.__table__
+    persons = select(person.c.id, person.c.updated_at).where(person.c.status == ACTIVE)
+    if identifier:
+        persons = persons.where(person.c.id.in_(select(ident.c.patient_id).where(ident.c.value == identifier)))
+    total = conn.execute(select(func.count()).select_from(persons.subquery())).scalar_one()
+    page = conn.execute(persons.order_by(person.c.updated_at.desc(), person.c.id.desc()).limit(limit).offset(offset))
+    rows = page.all()
+    found: dict[int, list[tuple[str, str, str, str]]] = {r.id: [] for r in rows}
+    if found:
+        for r in conn.execute(
+            select(ident.c.patient_id, D.c.namespace, D.c.oid, ident.c.value, ident.c.status)
+            .join(D, D.c.id == ident.c.domain_id)
+            .where(ident.c.patient_id.in_(list(found)))
+            .order_by(ident.c.status, D.c.namespace, ident.c.value)
+        ):
+            found[r.patient_id].append((r.namespace, r.oid, r.value, r.status))
+    return total, [
+        CrossReference(r.id, tuple(found[r.id]), r.updated_at.replace(tzinfo=r.updated_at.tzinfo or UTC)) for r in rows
+    ]

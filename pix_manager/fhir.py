@@ -1,10 +1,15 @@
-"""PIXm: ITI-83 Mobile Patient Identifier Cross-reference Query, FHIR R4 ``Patient/$ihe-pix`` (JSON).
+"""PIXm: ITI-83 Mobile Patient Identifier Cross-reference Query, FHIR R4 ``Patient/$ihe-pix``, as PIXm
+Rev. 3.0 (2:3.83) defines it, in JSON or XML.
 
 GET [base]/Patient/$ihe-pix?sourceIdentifier=urn:oid:OID|value{&targetSystem=urn:oid:OID}
 answers 200 with a Parameters resource (one targetIdentifier per cross-referenced identifier,
 the source identifier excluded), or an OperationOutcome: 404 not-found for an unknown identifier,
 400 code-invalid for an unknown source domain, 403 code-invalid for an unknown target system
-(ITI-83 2:3.83.4.2.2). Only identifiers are held here, so no targetId (Patient reference) is given.
+(2:3.83.4.2.2). targetId (0..*, a Reference to a Patient resource of the manager) is not given: this
+PIX Manager holds identifiers only and serves no Patient resources (docs/decisions.md).
+
+The format is chosen as FHIR R4 http.html#mime-type says: ``_format`` (json, xml or a MIME type) wins
+over the Accept header; without either, JSON. A request for neither format gets 406.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
+from xml.sax.saxutils import quoteattr
 
 from clearinghouse import audit
 from clearinghouse.errors import (
@@ -33,8 +39,12 @@ log = logging.getLogger("pix_manager.fhir")
 
 PATH = "/fhir/Patient/$ihe-pix"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
+FHIR_XML = "application/fhir+xml; charset=utf-8"
+FHIR_NS = "http://hl7.org/fhir"
 OID_PREFIX = "urn:oid:"
 JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+XML_FORMATS = frozenset({"xml", "text/xml", "application/xml", "application/fhir+xml"})
+JSON, XML = "json", "xml"
 # The diagnostics ITI-83 prescribes for each failure.
 DIAGNOSTICS = {
     PixUnknownPatientId: "sourceIdentifier Patient Identifier not found",
@@ -52,19 +62,50 @@ STATUS = {
 }
 
 
-def _response(start_response: Callable[..., Any], status: int, resource: dict[str, Any]) -> list[bytes]:
-    body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    start_response(
-        STATUS.get(status, f"{status} Error"), [("Content-Type", FHIR_JSON), ("Content-Length", str(len(body)))]
-    )
+def _response(
+    start_response: Callable[..., Any], status: int, resource: dict[str, Any], fmt: str = JSON
+) -> list[bytes]:
+    if fmt == XML:
+        body, ctype = to_xml(resource), FHIR_XML
+    else:
+        body, ctype = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), FHIR_JSON
+    start_response(STATUS.get(status, f"{status} Error"), [("Content-Type", ctype), ("Content-Length", str(len(body)))])
     return [body]
 
 
-def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, Any]:
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
-    }
+def to_xml(resource: dict[str, Any]) -> bytes:
+    """FHIR R4 XML of a resource given as its JSON dictionary (xml.html): the root element is named by
+    resourceType in the FHIR namespace, every primitive is an element with a ``value`` attribute, a
+    list is repeated elements. Element order is the dictionary's, so the builders here list elements
+    in the order of their FHIR definitions."""
+    parts = [f'<{resource["resourceType"]} xmlns="{FHIR_NS}">']
+
+    def element(name: str, value: Any) -> None:
+        if isinstance(value, list):
+            for item in value:
+                element(name, item)
+        elif isinstance(value, dict):
+            parts.append(f"<{name}>")
+            for key, child in value.items():
+                element(key, child)
+            parts.append(f"</{name}>")
+        else:
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            parts.append(f"<{name} value={quoteattr(text)}/>")
+
+    for key, value in resource.items():
+        if key != "resourceType":
+            element(key, value)
+    parts.append(f"</{resource['resourceType']}>")
+    return ('<?xml version="1.0" encoding="UTF-8"?>' + "".join(parts)).encode("utf-8")
+
+
+def operation_outcome(code: str, diagnostics: str, severity: str = "error", details: str = "") -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code}
+    if details:  # OperationOutcome.issue order: severity, code, details, diagnostics
+        issue["details"] = {"text": details}
+    issue["diagnostics"] = diagnostics
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 def parameters(identifiers: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -94,14 +135,34 @@ def _authority(system: str) -> Authority:
     return Authority(universal_id=oid, universal_id_type="ISO" if system.startswith(OID_PREFIX) else "URI")
 
 
-def _acceptable(environ: dict[str, Any], formats: list[str]) -> bool:
+def _kind(media: str) -> str | None:
+    media = media.split(";")[0].strip().lower()
+    return JSON if media in JSON_FORMATS else XML if media in XML_FORMATS else None
+
+
+def negotiate(formats: list[str], accept: str) -> str | None:
+    """JSON or XML as asked by ``_format`` (which wins) or the Accept header (by q-value, then order);
+    None when neither can be given."""
     if formats:
-        return all(f.split(";")[0].strip().lower() in JSON_FORMATS for f in formats)
-    accept = environ.get("HTTP_ACCEPT", "")
+        kinds = {_kind(f) for f in formats}
+        return kinds.pop() if len(kinds) == 1 and None not in kinds else None
     if not accept.strip():
-        return True
-    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    return any(k in JSON_FORMATS or k in ("*/*", "application/*") for k in kinds)
+        return JSON
+    ranked = []
+    for n, part in enumerate(accept.split(",")):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        kind = JSON if media.lower() in ("*/*", "application/*") else _kind(media)
+        if kind is not None and q > 0:
+            ranked.append((-q, n, kind))
+    return min(ranked)[2] if ranked else None
 
 
 class PixmApp:
@@ -112,8 +173,16 @@ class PixmApp:
         self.auditor = auditor
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        fmt = negotiate(params.get("_format", []), environ.get("HTTP_ACCEPT", ""))
+        if fmt is None:
+            return _response(
+                start_response, 406, operation_outcome("not-supported", "FHIR JSON and FHIR XML are served")
+            )
         if environ.get("REQUEST_METHOD", "GET") != "GET":
-            return _response(start_response, 405, operation_outcome("not-supported", "$ihe-pix is invoked with GET"))
+            return _response(
+                start_response, 405, operation_outcome("not-supported", "$ihe-pix is invoked with GET"), fmt
+            )
         peer = environ.get(PEER_ENVIRON_KEY)
         if peer is None or not peer.has_role("consumer"):
             who = peer.subject if peer is not None else "an unauthenticated client"
@@ -121,10 +190,8 @@ class PixmApp:
                 start_response,
                 403,
                 operation_outcome("forbidden", f"{who} may not use ITI-83: role 'consumer' required"),
+                fmt,
             )
-        params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        if not _acceptable(environ, params.get("_format", [])):
-            return _response(start_response, 406, operation_outcome("not-supported", "only FHIR JSON is served"))
         sources = params.get("sourceIdentifier", [])
         targets_text = [t for value in params.get("targetSystem", []) for t in value.split(",") if t]
         status, resource, found, source = 200, {}, [], None
@@ -141,9 +208,10 @@ class PixmApp:
             resource = parameters(found)
         except PixError as exc:
             status = exc.http_status
-            resource = operation_outcome(exc.fhir_code, DIAGNOSTICS.get(type(exc), exc.text))
-            if type(exc) in DIAGNOSTICS:
-                resource["issue"][0]["details"] = {"text": exc.text}
+            known = type(exc) in DIAGNOSTICS
+            resource = operation_outcome(
+                exc.fhir_code, DIAGNOSTICS.get(type(exc), exc.text), details=exc.text if known else ""
+            )
         if self.auditor is not None:
             patients = [f"{v}^^^&{s.removeprefix(OID_PREFIX)}&ISO" for s, v in found]
             if source is not None:
@@ -159,4 +227,4 @@ class PixmApp:
                 outcome=audit.SUCCESS if status == 200 else audit.MINOR_FAILURE,
                 description="" if status == 200 else resource["issue"][0]["diagnostics"],
             )
-        return _response(start_response, status, resource)
+        return _response(start_response, status, resource, fmt)

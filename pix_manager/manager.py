@@ -33,7 +33,18 @@ from pix_manager.identifiers import (
     resolve_domain,
 )
 from pix_manager.models import PixMessage
-from pix_manager.notify import ITI8, ITI10, ClientIdentity, Delivered, Link, Notifier, enqueue, plan_notifications
+from pix_manager.notify import (
+    ITI8,
+    ITI10,
+    ClientIdentity,
+    Delivered,
+    Link,
+    Notifier,
+    enqueue,
+    enqueue_rows,
+    outbox_row,
+    plan_notifications,
+)
 from pix_manager.writer import GroupCommitWriter
 
 log = logging.getLogger("pix_manager")
@@ -77,6 +88,7 @@ class LinkRequest:
 
     identifiers: Sequence[RawIdentifier]
     others: Sequence[RawIdentifier] = ()
+    event: str = "A04"  # the HL7 v2 trigger event (A01, A04, A05, A08), passed on to the registry
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,15 @@ class MergeRequest:
 
     surviving: Sequence[RawIdentifier]
     prior: Sequence[RawIdentifier]
+
+
+@dataclass(frozen=True)
+class UnlinkRequest:
+    """A source says two lists of identifiers, earlier linked, are not the same patient (A37, first
+    and second PID-3): the second list leaves the person, the first stays with it."""
+
+    first: Sequence[RawIdentifier]
+    second: Sequence[RawIdentifier]
 
 
 @dataclass
@@ -110,7 +131,7 @@ class QueryAnswer:
 @dataclass(frozen=True)
 class _Feed:
     peer: Peer
-    request: LinkRequest | MergeRequest
+    request: LinkRequest | MergeRequest | UnlinkRequest
     key: MessageKey | None
     response: bytes
 
@@ -144,18 +165,27 @@ class _NewPatients:
     def __init__(self) -> None:
         self.patients: list[list[Identifier]] = []
         self.seen_rows: list[dict[str, object]] = []
+        self.outbox_rows: list[dict[str, object]] = []
 
-    def add(self, identifiers: list[Identifier], key: MessageKey | None, response: bytes) -> None:
+    def add(
+        self, identifiers: list[Identifier], key: MessageKey | None, response: bytes, registry: bytes | None
+    ) -> None:
         self.patients.append(identifiers)
         if key is not None:
             self.seen_rows.append(_seen_row(key, response))
+        if registry is not None:
+            self.outbox_rows.append(outbox_row(REGISTRY_DESTINATION, ITI8, registry))
 
-    def write(self, conn: Connection) -> None:
+    def write(self, conn: Connection) -> bool:
+        """Write what was gathered; True when it queued messages for the registry."""
         if self.patients:
             xref.create_patients(conn, self.patients)
         if self.seen_rows:
             conn.execute(_INSERT_SEEN, self.seen_rows)
-        self.patients, self.seen_rows = [], []
+        enqueue_rows(conn, self.outbox_rows)
+        queued = bool(self.outbox_rows)
+        self.patients, self.seen_rows, self.outbox_rows = [], [], []
+        return queued
 
 
 class PixManager:
@@ -220,7 +250,7 @@ class PixManager:
     def apply(
         self,
         peer: Peer,
-        request: LinkRequest | MergeRequest,
+        request: LinkRequest | MergeRequest | UnlinkRequest,
         *,
         key: MessageKey | None,
         response: bytes,
@@ -272,9 +302,11 @@ class PixManager:
                     raise res
                 if res is not None and not want_sets and known.isdisjoint(res[0]):
                     applied = Applied(f.response, False, res[0], True)
-                    pending.add(res[0], f.key, applied.response)
+                    assert isinstance(f.request, LinkRequest)
+                    pending.add(res[0], f.key, applied.response, self._registration(config, f.request, res[0]))
                 else:
-                    pending.write(conn)  # what is gathered goes first: this message may depend on it
+                    # What is gathered goes first: this message may depend on it.
+                    self._enqueued |= pending.write(conn)
                     applied = self._apply_one(conn, config, f, res, want_sets)
                 known.update(applied.identifiers)
                 if f.key is not None:
@@ -282,8 +314,19 @@ class PixManager:
                 results.append((applied, None))
             except PixError as exc:
                 results.append((None, exc))
-        pending.write(conn)
+        self._enqueued |= pending.write(conn)
         return results
+
+    def _registration(self, config: PixConfig, request: LinkRequest, new: Sequence[Identifier]) -> bytes | None:
+        """The ITI-8 feed that makes the registry know the affinity-domain identifiers among ``new``
+        (those this message added): documents may then be registered for them (ITI TF-2a 3.8.4.1.3:
+        the registry accepts documents only for patients the feed made known). Identifiers of other
+        domains never reach the registry; identifiers already known were already fed to it."""
+        affinity = config.by_oid.get(self.settings.affinity_domain_oid)
+        if affinity is None:
+            return None
+        values = [i.value for i in new if i.domain_id == affinity.id]
+        return messages.registry_register(affinity, values, event=request.event) if values else None
 
     def _apply_one(
         self,
@@ -294,9 +337,15 @@ class PixManager:
         want_sets: bool,
     ) -> Applied:
         if resolved is not None:
+            assert isinstance(feed.request, LinkRequest)
             idents, locations = resolved
-            changes = [xref.link(conn, idents, locations, want_sets=want_sets)]
+            change = xref.link(conn, idents, locations, want_sets=want_sets)
+            changes = [change]
             touched = idents
+            if (registration := self._registration(config, feed.request, change.added)) is not None:
+                self._enqueue(conn, REGISTRY_DESTINATION, ITI8, registration)
+        elif isinstance(feed.request, UnlinkRequest):
+            changes, touched = self._unlink(conn, config, feed.peer, feed.request, want_sets)
         else:
             assert isinstance(feed.request, MergeRequest)
             changes, touched = self._merge(conn, config, feed.peer, feed.request, want_sets)
@@ -359,7 +408,9 @@ class PixManager:
                 # The registry files documents under affinity-domain identifiers: it must merge too
                 # (ITI TF-2a 3.8.4.2.4). It learns of the prior first, so the merge cannot fail on an
                 # identifier the registry was never fed; registering a known one changes nothing there.
-                self._enqueue(conn, REGISTRY_DESTINATION, ITI8, messages.registry_register(affinity, plan.prior.value))
+                self._enqueue(
+                    conn, REGISTRY_DESTINATION, ITI8, messages.registry_register(affinity, [plan.prior.value])
+                )
                 self._enqueue(
                     conn,
                     REGISTRY_DESTINATION,
@@ -367,6 +418,23 @@ class PixManager:
                     messages.registry_merge(affinity, plan.surviving.value, plan.prior.value),
                 )
         return changes, touched
+
+    def _unlink(
+        self, conn: Connection, config: PixConfig, peer: Peer, request: UnlinkRequest, want_sets: bool
+    ) -> tuple[list[xref.Change], list[Identifier]]:
+        """A37: the registry is not told. It holds no links between identifiers, only merges (which an
+        unlink does not undo), so its patient identity is the same before and after."""
+        source = peer.participant
+        lists: list[dict[Identifier, str]] = []
+        for raws in (request.first, request.second):
+            found: dict[Identifier, str] = {}
+            for raw in raws:
+                (ident,) = resolve_all(config, [raw], source_participant=source, check_sources=True)
+                found.setdefault(ident, raw.location)
+            lists.append(found)
+        first, second = lists
+        changes = xref.unlink(conn, first, second, want_sets=want_sets)
+        return changes, [*first, *second]
 
     # --- queries (ITI-9, ITI-45, ITI-83) ---
 

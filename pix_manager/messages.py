@@ -1,5 +1,6 @@
-"""HL7 v2 messages the PIX Manager sends: ITI-10 ADT^A31 to subscribers, and the ITI-8 feed
-(ADT^A04 then ADT^A40) that tells the registry about a merge of affinity-domain identifiers."""
+"""HL7 v2 messages the PIX Manager sends: ITI-10 ADT^A31 to subscribers, and the ITI-8 feed that
+tells the registry about new affinity-domain identifiers (ADT^A01/A04/A05/A08) and their merges
+(ADT^A04 of the prior one, then ADT^A40)."""
 
 from __future__ import annotations
 
@@ -76,14 +77,18 @@ def update_notification(
     )
 
 
-def registry_register(domain: Domain, value: str, *, now: datetime | None = None) -> bytes:
-    """ITI-8 ADT^A04 (v2.3.1) making an affinity-domain identifier known to the registry."""
-    cx = format_cx(domain, value, SEPS)
+def registry_register(
+    domain: Domain, values: Sequence[str], *, event: str = "A04", now: datetime | None = None
+) -> bytes:
+    """ITI-8 ADT^A01/A04/A05/A08 (v2.3.1) making affinity-domain identifiers known to the registry:
+    PID-3 only the affinity domain's identifiers (the only ones the registry files documents under,
+    ITI TF-2a 3.8.4.1.3), PID-5 the pseudo-name: no domain's demographics are passed on."""
+    pid3 = SEPS.repetition.join(format_cx(domain, value, SEPS) for value in values)
     return _join(
         [
-            _msh(f"ADT{SEPS.component}A04{SEPS.component}ADT_A01", hl7.new_control_id(), "2.3.1", _REGISTRY, now),
-            f"EVN|A04|{_timestamp(now)}",
-            f"PID|||{cx}||{PSEUDO_NAME}",
+            _msh(f"ADT{SEPS.component}{event}{SEPS.component}ADT_A01", hl7.new_control_id(), "2.3.1", _REGISTRY, now),
+            f"EVN|{event}|{_timestamp(now)}",
+            f"PID|||{pid3}||{PSEUDO_NAME}",
             "PV1||N",
         ]
     )

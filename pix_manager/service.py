@@ -20,7 +20,7 @@ from pix_manager.auditing import PixAuditor
 from pix_manager.fhir import PATH as PIXM_PATH
 from pix_manager.fhir import PixmApp
 from pix_manager.manager import PixManager
-from pix_manager.notify import ITI10, InProcessLink, Link, MllpLink
+from pix_manager.notify import ITI10, BatchHandler, InProcessLink, Link, MllpLink
 from pix_manager.v2 import PixV2Handler
 from pix_manager.v3 import PixV3Service
 
@@ -60,7 +60,9 @@ class PixService:
         }
 
 
-def registry_link(settings: Settings, local_feed: Callable[[Peer, bytes], bytes]) -> Link:
+def registry_link(
+    settings: Settings, local_feed: Callable[[Peer, bytes], bytes], local_batch: BatchHandler | None = None
+) -> Link:
     if settings.pix_registry_feed_url:
         ctx = client_context(
             settings.registry_ca or settings.ca_cert_path,
@@ -68,7 +70,7 @@ def registry_link(settings: Settings, local_feed: Callable[[Peer, bytes], bytes]
             settings.client_key or settings.server_key_path,
         )
         return MllpLink(settings.pix_registry_feed_url, ctx)
-    return InProcessLink(local_feed, INTERNAL_PIX_MANAGER)
+    return InProcessLink(local_feed, INTERNAL_PIX_MANAGER, local_batch)
 
 
 def build_pix_service(
@@ -79,6 +81,7 @@ def build_pix_service(
     *,
     audit_sink: audit.AuditSink | None = None,
     audit_node: audit.AuditNode | None = None,
+    local_registry_batch: BatchHandler | None = None,
 ) -> PixService:
     auditor = PixAuditor(audit_sink, audit_node or audit.AuditNode()) if audit_sink is not None else None
 
@@ -93,7 +96,9 @@ def build_pix_service(
                 description=error,
             )
 
-    manager = PixManager(engine, settings, registry_link(settings, local_registry_feed), on_delivery=delivered)
+    manager = PixManager(
+        engine, settings, registry_link(settings, local_registry_feed, local_registry_batch), on_delivery=delivered
+    )
     handler = PixV2Handler(manager)
     server = MllpServer(
         settings.bind,

@@ -20,11 +20,11 @@ from clearinghouse.errors import AccessDenied, HL7Error, PixMissingField, PixTab
 from clearinghouse.peer import Peer
 from pix_manager import messages
 from pix_manager.identifiers import Authority, RawIdentifier, cx_repetitions, format_cx
-from pix_manager.manager import LinkRequest, MergeRequest, MessageKey, PixManager, digest
+from pix_manager.manager import LinkRequest, MergeRequest, MessageKey, PixManager, UnlinkRequest, digest
 
 log = logging.getLogger("pix_manager.v2")
 
-SUPPORTED = {"ADT": frozenset({"A01", "A04", "A05", "A08", "A40"}), "QBP": frozenset({"Q23"})}
+SUPPORTED = {"ADT": frozenset({"A01", "A04", "A05", "A08", "A37", "A40"}), "QBP": frozenset({"Q23"})}
 PROCESSING_IDS = frozenset({"P", "D", "T"})  # HL7 table 0103
 ROLES = {"ADT": ("source", "ITI-8 Patient Identity Feed"), "QBP": ("consumer", "ITI-9 PIX Query")}
 QUERY_NAME = "IHE PIX Query"
@@ -195,8 +195,10 @@ class PixV2Handler:
         return processed(msg, "AE" if errors else "AA", errors, message_type=f"RSP{c}K23{c}RSP_K23", segments=segments)
 
 
-def feed_request(msg: hl7.Message) -> LinkRequest | MergeRequest:
+def feed_request(msg: hl7.Message) -> LinkRequest | MergeRequest | UnlinkRequest:
     pids = msg.segments("PID")
+    if msg.trigger_event == "A37":
+        return unlink_request(pids)
     if len(pids) != 1:
         raise HL7Error(
             "exactly one PID segment is required" if pids else "the PID segment is missing",
@@ -208,7 +210,7 @@ def feed_request(msg: hl7.Message) -> LinkRequest | MergeRequest:
     if not surviving:
         raise PixMissingField("PID-3 (patient identifier list) is empty", location="PID^1^3")
     if msg.trigger_event != "A40":
-        return LinkRequest(surviving)
+        return LinkRequest(surviving, event=msg.trigger_event)
     mrgs = msg.segments("MRG")
     if len(mrgs) != 1:  # ITI TF-2a 3.8.4.2.2: one merge message per pair of patient records
         raise HL7Error(
@@ -221,6 +223,25 @@ def feed_request(msg: hl7.Message) -> LinkRequest | MergeRequest:
     if not prior:
         raise PixMissingField("MRG-1 (prior patient identifier list) is empty", location="MRG^1^1")
     return MergeRequest(surviving, prior)
+
+
+def unlink_request(pids: list[hl7.Segment]) -> UnlinkRequest:
+    """ADT^A37^ADT_A37: MSH EVN PID [PD1] [PV1] [DB1] PID [PD1] [PV1] [DB1]; the two PID-3 lists are
+    the patients to unlink (HL7 v2.5 3.3.37, v2.3.1 3.3.37)."""
+    if len(pids) != 2:
+        raise HL7Error(
+            "an A37 carries exactly two PID segments, one per patient to unlink",
+            ack_code="AE",
+            error_code="100",
+            location="PID",
+        )
+    lists = []
+    for n, pid in enumerate(pids, 1):
+        ids = cx_repetitions(pid, 3, f"PID^{n}^3")
+        if not ids:
+            raise PixMissingField(f"PID-3 of patient {n} (patient identifier list) is empty", location=f"PID^{n}^3")
+        lists.append(ids)
+    return UnlinkRequest(lists[0], lists[1])
 
 
 def query_domains(qpd: hl7.Segment) -> list[RawIdentifier]:

@@ -285,7 +285,8 @@ def feed_request(body: etree._Element, interaction: str) -> LinkRequest | MergeR
             _raw_ii(el, f"{base}/subject1/patient/patientPerson/asOtherIDs/id[{n}]")
             for n, el in enumerate(patient.findall(others_path, NS), 1)
         ]
-        return LinkRequest(ids, others)
+        # The registry is fed with the HL7 v2 event each interaction stands for (ITI TF-2b 3.44.4.1.1).
+        return LinkRequest(ids, others, event="A01" if interaction == ADD else "A08")
     prior_path = "hl7:replacementOf/hl7:priorRegistration/hl7:subject1/hl7:priorRegisteredRole/hl7:id"
     where = f"{base}/replacementOf/priorRegistration/subject1/priorRegisteredRole/id"
     prior = [_raw_ii(el, f"{where}[{n}]") for n, el in enumerate(event.findall(prior_path, NS), 1)]  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 log = logging.getLogger("pix_manager.writer")
 
@@ -124,7 +125,7 @@ class GroupCommitWriter:
             previous = len(batch)
             self._execute(batch)
 
-    def _execute(self, batch: list[_Job]) -> None:
+    def _execute(self, batch: list[_Job], *, retry_conflict: bool = True) -> None:
         try:
             # One connection kept for the writer's life: a pool checkout and reset per transaction
             # would cost more than the statements of a small batch.
@@ -137,6 +138,13 @@ class GroupCommitWriter:
                 self._conn.close()  # whatever state it is in, start afresh
             self._conn = None
             if len(batch) == 1:
+                if retry_conflict and _conflict(exc):
+                    # Another `serve` process on this database committed a conflicting row (the same new
+                    # identifier, the same resent message) between this transaction's reads and its
+                    # commit: run it once more, now seeing that row (then it links, or is a duplicate).
+                    log.info("%s: conflict with a concurrent writer (%s); running again", self._name, exc)
+                    self._execute(batch, retry_conflict=False)
+                    return
                 log.warning("%s: storing failed: %s", self._name, exc)
                 batch[0].finish(error=exc)
                 return
@@ -156,3 +164,13 @@ class GroupCommitWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+# PostgreSQL SQLSTATEs of a transaction that lost a race and may succeed when run again.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+
+
+def _conflict(exc: BaseException) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES

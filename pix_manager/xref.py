@@ -246,6 +246,50 @@ def apply_merge(conn: Connection, plan: MergePlan, *, want_sets: bool) -> Change
     return Change(target, True, added, list(before.values()), after)
 
 
+def unlink(
+    conn: Connection, first: dict[Identifier, str], second: dict[Identifier, str], *, want_sets: bool
+) -> list[Change]:
+    """A37 Unlink (HL7 v2.5 3.3.37): the identifiers of ``second`` (with the identifiers earlier merged
+    into them) leave the person they share with ``first`` for a new person; every other identifier
+    stays. Both maps give each identifier's location for errors. Lists already on different persons
+    are accepted and change nothing (the same unlink again)."""
+    rows = _rows(conn, [*first, *second])
+    for ident, location in [*first.items(), *second.items()]:
+        row = rows.get(ident)
+        if row is None or row.status != ACTIVE:
+            raise PixUnknownPatientId(
+                f"identifier {ident.value!r} is not known to the PIX Manager (or was merged into another)",
+                location=location,
+            )
+    for ident, location in second.items():
+        if ident in first:
+            raise PixInvalidField(f"identifier {ident.value!r} is in both patient identifier lists", location=location)
+    persons = []
+    for group in (first, second):
+        ids = {rows[i].patient_id for i in group}
+        if len(ids) != 1:
+            raise PixInvalidField(
+                "the identifiers of one PID-3 belong to different patients", location=next(iter(group.values()))
+            )
+        persons.append(ids.pop())
+    if persons[0] != persons[1]:
+        return [Change(persons[0], False), Change(persons[1], False)]
+    person = persons[0]
+    before = person_identifiers(conn, [person])[person] if want_sets else frozenset()
+    now = datetime.now(UTC)
+    split = _new_patient(conn, now)
+    moving = [rows[i].id for i in second]
+    conn.execute(
+        update(I).where(or_(I.c.id.in_(moving), I.c.replaced_by.in_(moving))).values(patient_id=split, updated_at=now)
+    )
+    conn.execute(_TOUCH_PATIENT, {"patient": person, "now": now})
+    after = person_identifiers(conn, [person, split]) if want_sets else {}
+    return [
+        Change(person, True, [], [before], after.get(person, frozenset())),
+        Change(split, True, [], [before], after.get(split, frozenset())),
+    ]
+
+
 def corresponding(conn: Connection, ident: Identifier, *, location: str) -> frozenset[Identifier]:
     """The identifiers cross-referenced with ``ident`` (itself excluded); an unknown or retired
     identifier is PixUnknownPatientId (ITI-9 case 3: the old identifier is not referenced again)."""

@@ -53,3 +53,18 @@ def test_feeds_queries_and_notifications_are_audited(clearinghouse):
         consumer.stop()
         with clearinghouse.ch.engine.begin() as conn:
             admin.unsubscribe(conn, name)
+
+
+def test_unlink_is_audited_for_both_patients(clearinghouse):
+    site = add_domain(clearinghouse)
+    a, b = uid(), uid()
+    send(clearinghouse, adt("A04", f"{site.cx(a)}~{site.cx(b)}"))
+    unlink = (
+        f"MSH|^~\\&|EDGE|SITE-A|PIX_MANAGER|ISN|20261123120000||ADT^A37^ADT_A37|{uid()}|P|2.5\r"
+        f"EVN|A37|20261123120000\rPID|||{site.cx(a)}||DOE^JANE\rPID|||{site.cx(b)}||DOE^JANE\r"
+    )
+    assert b"MSA|AA|" in send(clearinghouse, unlink)
+    for value in (a, b):
+        events = events_for(clearinghouse, [("patient.identifier", f"{value}^^^{site.namespace}&{site.oid}&ISO")], n=2)
+        assert "ITI-8" in subtypes(events)
+        assert {e.get("action") for e in events} == {"C", "U"}  # the A04 created, the A37 updated

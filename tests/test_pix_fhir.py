@@ -1,5 +1,5 @@
-"""PIXm (ITI-83) over HTTPS: GET /fhir/Patient/$ihe-pix answers a FHIR R4 Parameters resource in JSON,
-or an OperationOutcome with the status ITI-83 prescribes for each failure."""
+"""PIXm (ITI-83) over HTTPS: GET /fhir/Patient/$ihe-pix answers a FHIR R4 Parameters resource in JSON or
+XML (``_format`` or Accept), or an OperationOutcome with the status ITI-83 prescribes for each failure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import http.client
 import json
 from urllib.parse import urlencode
 
+import pytest
+from lxml import etree
 from pix_samples import AFFINITY, add_domain, adt, cx, new_oid, send, uid
+
+from pix_manager.fhir import JSON, XML, negotiate
 
 PATH = "/fhir/Patient/$ihe-pix"
 
@@ -19,7 +23,10 @@ def get(ch, params: list[tuple[str, str]] | str, who: str = "phr", method: str =
         conn.request(method, f"{PATH}?{query}", headers=headers or {})
         resp = conn.getresponse()
         body = resp.read()
-        return resp.status, resp.getheader("Content-Type"), json.loads(body) if body else None
+        ctype = resp.getheader("Content-Type")
+        if ctype.startswith("application/fhir+xml"):
+            return resp.status, ctype, etree.fromstring(body)
+        return resp.status, ctype, json.loads(body) if body else None
     finally:
         conn.close()
 
@@ -75,12 +82,66 @@ def test_failures(clearinghouse):
     assert status == 400
     status, _, r = get(clearinghouse, [("sourceIdentifier", known)])
     assert status == 400 and issue(r)[1] == "invalid"
-    status, _, r = get(clearinghouse, [source, ("_format", "xml")])
-    assert status == 406
-    status, _, r = get(clearinghouse, [source], headers={"Accept": "application/fhir+xml"})
+    status, _, r = get(clearinghouse, [source, ("_format", "text/html")])
+    assert status == 406 and issue(r)[1] == "not-supported"
+    status, _, r = get(clearinghouse, [source], headers={"Accept": "text/html"})
     assert status == 406
     assert get(clearinghouse, [source], headers={"Accept": "application/fhir+json"})[0] == 200
     status, _, r = get(clearinghouse, [source], method="POST")
     assert status == 405 and r["resourceType"] == "OperationOutcome"
     status, _, r = get(clearinghouse, [source], who="edge")
     assert status == 403 and issue(r)[1] == "forbidden"
+
+
+F = "{http://hl7.org/fhir}"
+
+
+def test_xml_answers(clearinghouse):
+    site = add_domain(clearinghouse)
+    mrn, rsna = uid(), "R&<" + uid()  # characters XML must escape
+    escaped = rsna.replace("&", "\\T\\")  # HL7 escape of the subcomponent separator
+    send(clearinghouse, adt("A04", f"{site.cx(mrn)}~{cx(escaped)}"))
+    source = ("sourceIdentifier", f"urn:oid:{site.oid}|{mrn}")
+    for request in ([source, ("_format", "xml")], [source, ("_format", "application/fhir+xml")]):
+        status, ctype, root = get(clearinghouse, request, headers={"Accept": "application/fhir+json"})
+        assert status == 200 and ctype.startswith("application/fhir+xml") and root.tag == f"{F}Parameters"
+        (param,) = root.findall(f"{F}parameter")
+        assert [c.tag for c in param] == [f"{F}name", f"{F}valueIdentifier"]
+        assert param.find(f"{F}name").get("value") == "targetIdentifier"
+        ident = param.find(f"{F}valueIdentifier")
+        assert [c.tag.removeprefix(F) for c in ident] == ["use", "system", "value"]
+        assert ident.find(f"{F}system").get("value") == f"urn:oid:{AFFINITY}"
+        assert ident.find(f"{F}value").get("value") == rsna
+    status, ctype, root = get(clearinghouse, [source], headers={"Accept": "application/fhir+xml"})
+    assert status == 200 and root.tag == f"{F}Parameters"
+    # Errors in XML too, OperationOutcome.issue elements in their FHIR order.
+    status, _, root = get(clearinghouse, [("sourceIdentifier", f"urn:oid:{site.oid}|NOBODY"), ("_format", "xml")])
+    assert status == 404 and root.tag == f"{F}OperationOutcome"
+    issue_el = root.find(f"{F}issue")
+    assert [c.tag.removeprefix(F) for c in issue_el] == ["severity", "code", "details", "diagnostics"]
+    assert issue_el.find(f"{F}code").get("value") == "not-found"
+    assert issue_el.find(f"{F}diagnostics").get("value") == "sourceIdentifier Patient Identifier not found"
+    status, _, root = get(clearinghouse, [source, ("_format", "xml")], who="edge")
+    assert status == 403 and root.find(f"{F}issue/{F}code").get("value") == "forbidden"
+
+
+@pytest.mark.parametrize(
+    "formats, accept, expected",
+    [
+        ([], "", JSON),
+        ([], "*/*", JSON),
+        ([], "application/fhir+xml", XML),
+        ([], "application/xml;q=0.9, application/fhir+json", JSON),
+        ([], "application/fhir+json;q=0.2, application/fhir+xml;q=0.8", XML),
+        ([], "text/html, application/xml;q=0.1", XML),
+        ([], "text/html", None),
+        ([], "application/fhir+xml;q=0", None),
+        (["xml"], "application/fhir+json", XML),
+        (["json"], "application/fhir+xml", JSON),
+        (["text/xml"], "", XML),
+        (["turtle"], "", None),
+        (["json", "xml"], "", None),
+    ],
+)
+def test_format_negotiation(formats, accept, expected):
+    assert negotiate(formats, accept) == expected

@@ -16,6 +16,7 @@ from clearinghouse import hl7
 from clearinghouse.cli import main
 from pix_manager import admin
 from pix_manager.models import DEAD, DELIVERED
+from pix_manager.notify import ITI10, _verdict, enqueue
 
 RETRY_MS = 50
 
@@ -113,6 +114,31 @@ def test_merge_notifies_with_the_surviving_list(pix):
         consumer.stop()
 
 
+def test_unlink_notifies_both_patients(pix):
+    consumer, name, oid, ns = setup(pix, domains=False)
+    try:
+        a, b, r1, r2 = uid(), uid(), uid(), uid()
+        feed(pix, adt("A04", f"{cx(a, oid)}~{cx(r1)}"))
+        feed(pix, adt("A04", f"{cx(b, oid)}~{cx(r2)}"))
+        feed(pix, adt("A08", f"{cx(r1)}~{cx(r2)}"))
+        unlink = "\r".join(
+            [
+                f"MSH|^~\\&|EDGE|SITE-A|PIX_MANAGER|ISN|20261123120000||ADT^A37^ADT_A37|{uid()}|P|2.3.1",
+                "EVN|A37|20261123120000",
+                f"PID|||{cx(a, oid)}||DOE^JANE",
+                f"PID|||{cx(b, oid)}||DOE^JANE",
+            ]
+        )
+        assert msa(feed(pix, unlink + "\r")) == "AA"
+        received = consumer.wait_for(5)
+        assert [hl7.parse_message(r.message).trigger_event for r in received] == ["A31"] * 5
+        lists = [sorted(v.split("^")[0] for v in segments(r.message)["PID"][0][3].split("~")) for r in received[3:]]
+        # Identifiers the A37 does not list stay with the first patient.
+        assert lists == [sorted([a, r1, r2]), [b]]
+    finally:
+        consumer.stop()
+
+
 def test_application_errors_are_retried_with_backoff(pix):
     answers = iter(["AE", "AE"])
     consumer, name, oid, _ = setup(pix, answer=lambda _m: next(answers, "AA"))
@@ -182,3 +208,33 @@ def test_enhanced_and_raw_connections_do_not_notify_on_refusals(pix):
         assert outbox(pix, name) == [] and consumer.received == []
     finally:
         consumer.stop()
+
+
+def test_messages_for_a_removed_subscription_become_dead_letters(pix):
+    """Several waiting at once (the batch path) and none deliverable: each is a dead letter, none blocks."""
+    ghost = f"ghost-{uid().lower()}"
+    message = adt("A04", cx(uid())).encode()
+    with pix.ch.engine.begin() as conn:
+        enqueue(conn, ghost, ITI10, message)
+        enqueue(conn, ghost, ITI10, message)
+    pix.ch.pix.manager.notifier.wake()
+    dead = wait_outbox(pix, ghost, DEAD, count=2)
+    assert all("no subscription named" in e.last_error for e in dead)
+
+
+@pytest.mark.parametrize(
+    ("version", "ack_code", "error_code", "verdict"),
+    [
+        ("2.5", "AE", "102", "dead"),  # the message itself is wrong: refused again on every retry
+        ("2.3.1", "AE", "103", "dead"),
+        ("2.5", "AE", "207", "retry"),  # internal error: may pass later
+        ("2.5", "AE", "206", "retry"),  # record locked
+        ("2.5", "AE", None, "retry"),  # no reason given
+        ("2.5", "AR", None, "dead"),
+        ("2.5", "AA", None, "delivered"),
+    ],
+)
+def test_verdict_on_an_acknowledgement(version, ack_code, error_code, verdict):
+    request = hl7.parse_message(adt("A04", cx(uid(), new_oid()), version=version).encode())
+    error = hl7.HL7Error("refused", ack_code=ack_code, error_code=error_code, location="PID") if error_code else None
+    assert _verdict(hl7.build_ack(request, ack_code, text="no", error=error))[0] == verdict
