@@ -18,6 +18,7 @@ import select
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from atna.record import Received
@@ -64,6 +65,9 @@ class SyslogTlsServer(MllpServer):
         self.repository = repository
         self.tls = tls
         self.received = 0
+        # Called with (peer, records) once records of a connection are durable (e.g. the conformance
+        # recorder, which judges what a participant audits). Must not raise.
+        self.observers: list[Callable[[Peer, list[Received]], None]] = []
 
     def _converse(self, stream: TlsStreamLike, peer: Peer, address: str) -> None:
         splitter = FrameSplitter(self.max_message_bytes)
@@ -91,6 +95,11 @@ class SyslogTlsServer(MllpServer):
                     _abort(stream)
                     return
                 self.received += len(records)
+                for observer in self.observers:
+                    try:
+                        observer(peer, records)
+                    except Exception:  # noqa: BLE001 - an observer never costs a stored record
+                        log.exception("syslog-tls: observer failed")
             if splitter.broken:
                 log.warning(
                     "syslog-tls: %s (%r) broke RFC 5425 framing; stored what it sent, closing", address, subject

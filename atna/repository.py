@@ -35,6 +35,9 @@ BATCH_BYTES = 16 * 1024 * 1024
 READ_AHEAD = 3
 # A batch this large means a backlog: worth parsing in worker processes (if the host has the cores).
 POOL_THRESHOLD = 1000
+# A batch this large means traffic: start the workers, which take seconds to start (a spawned process
+# imports the application), so that they are ready when a backlog comes; until then parse here.
+WARM_THRESHOLD = 100
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -52,6 +55,7 @@ class AuditRecordRepository:
         # core to the receivers and the database writer.
         self._workers = max(0, min(4, (os.cpu_count() or 1) - 1))
         self._pool: ProcessPoolExecutor | None = None
+        self._warm: Future[bytes] | None = None  # done once every worker has started
 
     # --- lifecycle ---
 
@@ -78,15 +82,19 @@ class AuditRecordRepository:
 
     # --- write side ---
 
-    def ingest(self, records: Sequence[Received]) -> None:
-        """Make ``records`` durable (in the spool); returns once they are on disk."""
+    def ingest(self, records: Sequence[Received], *, wait: bool = True) -> None:
+        """Make ``records`` durable (in the spool); returns once they are on disk (``wait=False``: once
+        they are written to the spool file, which survives this process being killed, the sync
+        following at once in the background)."""
         if records:
-            self.spool.append([r.encode() for r in records])
+            self.spool.append([r.encode() for r in records], wait=wait)
 
     def accept_local(self, messages: list[bytes]) -> None:
-        """The built-in sink's entry point: syslog messages emitted by this process's actors."""
+        """The built-in sink's entry point: syslog messages emitted by this process's actors, called in
+        the thread of the transaction they record, before its response is sent. Written to the spool
+        before returning, synced behind (docs/atna.md, "This node's own events")."""
         now = datetime.now(UTC)
-        self.ingest([Received(now, "local", "", "in-process", m, len(m)) for m in messages])
+        self.ingest([Received(now, "local", "", "in-process", m, len(m)) for m in messages], wait=False)
 
     # --- drain side ---
 
@@ -174,12 +182,16 @@ class AuditRecordRepository:
         return done
 
     def _pool_for(self, batch: int) -> ProcessPoolExecutor | None:
-        """Worker processes, started on the first real backlog (a full batch), if this host has the cores."""
-        if self._workers <= 0 or batch < POOL_THRESHOLD:
-            return self._pool
+        """Worker processes for a backlog, if this host has the cores: started on the first sign of
+        traffic, used once they are up (a batch waiting for a starting worker would stall the drain)."""
+        if self._workers <= 0 or batch < WARM_THRESHOLD:
+            return None
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
-            log.info("audit backlog: parsing in %d worker process(es)", self._workers)
+            self._warm = self._pool.submit(derive_payloads, [], self.max_xml_depth)
+            log.info("audit traffic: starting %d parse worker process(es)", self._workers)
+        if batch < POOL_THRESHOLD or self._warm is None or not self._warm.done():
+            return None
         return self._pool
 
     def _advance(self, after: Position) -> None:

@@ -103,3 +103,21 @@ def get(conn: Connection, record_id: int) -> dict[str, Any] | None:
 
 def parsed_of(row: dict[str, Any]) -> ParsedAudit:
     return parse_audit(row["raw"][row["msg_offset"] :])
+
+
+def hourly_counts(conn: Connection, since: str) -> list[tuple[str, str, int | None, int]]:
+    """(hour as ``YYYY-MM-DDTHH``, kind, outcome, records) for the records whose event time is at or
+    after ``since`` (fixed-width UTC text, as stored). The kind is each EventTypeCode of a record (a
+    transaction such as ITI-41, or a security alert type such as 110126), its EventID when it has none."""
+    recent = select(RECORD.c.id).where(RECORD.c.event_time >= since)
+    subtypes = select(INDEX.c.record_id, INDEX.c.value).where(INDEX.c.kind == "subtype", INDEX.c.record_id.in_(recent))
+    sub = subtypes.subquery()
+    hour = func.substr(RECORD.c.event_time, 1, 13)
+    kind = func.coalesce(sub.c.value, RECORD.c.event_id)
+    stmt = (
+        select(hour, kind, RECORD.c.event_outcome, func.count())
+        .select_from(RECORD.outerjoin(sub, sub.c.record_id == RECORD.c.id))
+        .where(RECORD.c.event_time >= since)
+        .group_by(hour, kind, RECORD.c.event_outcome)
+    )
+    return [(h, k, o, n) for h, k, o, n in conn.execute(stmt)]

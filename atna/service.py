@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import Engine
 
 from atna.api import AuditEventApi
+from atna.outbox import OutboxSink
 from atna.receivers import SyslogTlsServer, SyslogUdpServer
 from atna.repository import AuditRecordRepository
 from clearinghouse import audit
-from clearinghouse.audit import AuditNode, LocalRepositorySink, QueuedSink, SyslogTlsSink, parse_repository_url
+from clearinghouse.audit import AuditNode, LocalRepositorySink, SyslogTlsConnection, parse_repository_url
 from clearinghouse.audit_events import Auditor
 from clearinghouse.config import Settings
 from clearinghouse.mllp import MllpServer
@@ -32,7 +33,7 @@ class AuditService:
     repository: AuditRecordRepository
     syslog_tls: SyslogTlsServer
     syslog_udp: SyslogUdpServer
-    sink: QueuedSink
+    sink: LocalRepositorySink | OutboxSink
     auditor: Auditor
     api: AuditEventApi
 
@@ -70,6 +71,7 @@ class AuditService:
         tls.audit_hook = self.auditor.tls_refused
         for endpoint in endpoints:
             endpoint.audit_hook = self.auditor.soap_operation
+            endpoint.refusal_hook = self.auditor.soap_refused
         for url, client in clients.items():
             client.audit_hook = functools.partial(self.auditor.soap_call, url)
         for listener in listeners:
@@ -81,7 +83,7 @@ class AuditService:
 def build_audit_service(settings: Settings, engine: Engine, tls: ServerTLS) -> AuditService:
     node = AuditNode(settings.audit_source_id, settings.audit_site_id)
     repository = AuditRecordRepository(engine, settings.audit_spool_dir, max_xml_depth=settings.max_xml_depth)
-    sink: QueuedSink
+    sink: LocalRepositorySink | OutboxSink
     if settings.audit_repository_url:
         host, port = parse_repository_url(settings.audit_repository_url)
         ctx = client_context(
@@ -89,7 +91,9 @@ def build_audit_service(settings: Settings, engine: Engine, tls: ServerTLS) -> A
             settings.client_cert or None,
             settings.client_key or None,
         )
-        sink = SyslogTlsSink(host, port, ctx, node)
+        # Spool first, then send: an event is on disk before the transaction's response (docs/atna.md).
+        outbox = settings.audit_spool_dir / "outbox"  # one per process, like the spool itself
+        sink = OutboxSink(outbox, SyslogTlsConnection(host, port, ctx), node)
     else:
         sink = LocalRepositorySink(repository.accept_local, node)
     auditor = Auditor(sink, node)

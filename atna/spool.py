@@ -3,7 +3,9 @@ the receiver reads on, and from which the database is filled at its own pace.
 
 Each record is ``length (u32) | CRC-32 (u32) | payload``. ``append`` returns once its records are
 on disk (fdatasync); concurrent appenders share one sync (group commit), so the cost of a sync is
-spread over every record that arrived meanwhile. Readers see only synced records. On ``open`` the
+spread over every record that arrived meanwhile. ``append(..., wait=False)`` returns once the records
+are written to the file (in the kernel: they survive the process being killed) and leaves the sync to
+a background syncer, which runs at once. Readers see only synced records. On ``open`` the
 last segment is checked record by record and a torn tail (a write cut short by a crash, never
 acknowledged) is cut off. One process owns a spool at a time (an exclusive lock on its directory).
 """
@@ -83,6 +85,8 @@ class Spool:
         self._syncing = False
         self._durable: Position = (0, 0)
         self._closed = True
+        self._dirty = threading.Event()  # written without waiting for the sync: wake the syncer
+        self._syncer: threading.Thread | None = None
         self.appended_records = 0
         self.syncs = 0
 
@@ -115,12 +119,19 @@ class Spool:
         _fsync_dir(self.directory)
         self._durable = (self._segment, self._offset)
         self._closed = False
+        self._syncer = threading.Thread(target=self._sync_behind, name="atna-spool-sync", daemon=True)
+        self._syncer.start()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        self._dirty.set()
+        if self._syncer is not None:
+            self._syncer.join()  # it may be syncing the file about to be closed
+            self._syncer = None
+        with self._lock:
             if self._fd >= 0:
                 os.fdatasync(self._fd)
                 os.close(self._fd)
@@ -157,8 +168,9 @@ class Spool:
 
     # --- writing ---
 
-    def append(self, payloads: Iterable[bytes]) -> Position:
-        """Write records and return once they are on disk; the position just past them."""
+    def append(self, payloads: Iterable[bytes], *, wait: bool = True) -> Position:
+        """Write records and return once they are on disk (``wait=False``: once they are written, the
+        sync following in the background); the position just past them."""
         records = [encode(p) for p in payloads]
         data = b"".join(records)
         if not data:
@@ -172,8 +184,27 @@ class Spool:
             ticket = self._written
             end = (self._segment, self._offset)
             self.appended_records += len(records)
-        self._wait_synced(ticket)
+        if wait:
+            self._wait_synced(ticket)
+        else:
+            self._dirty.set()
         return end
+
+    def _sync_behind(self) -> None:
+        """The background syncer of ``append(wait=False)``: one group commit per wake-up."""
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()
+            with self._lock:
+                if self._closed:
+                    return
+                ticket = self._written
+            try:
+                self._wait_synced(ticket)
+            except OSError:
+                log.exception("audit spool: background sync failed; retrying")
+                self._dirty.set()
+                threading.Event().wait(0.1)
 
     def _wait_synced(self, ticket: int) -> None:
         with self._sync:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from atna.models import AuditChain, AuditIndex, AuditRecord, AuditSpoolCheckpoint
 from atna.record import CHAINED, GENESIS_HASH, Derived, link_hash
@@ -117,7 +117,10 @@ def verify(engine: Engine, *, batch: int = 2000) -> ChainReport:
         head_id, head_hash = conn.execute(select(CHAIN.c.last_id, CHAIN.c.last_hash).where(CHAIN.c.id == 1)).one()
         last = 0
         while True:
-            rows = conn.execute(select(*cols).where(RECORD.c.id > last).order_by(RECORD.c.id).limit(batch)).all()
+            # Only up to the head read above: servers (several processes) may append while this walks.
+            rows = conn.execute(
+                select(*cols).where(RECORD.c.id > last, RECORD.c.id <= head_id).order_by(RECORD.c.id).limit(batch)
+            ).all()
             if not rows:
                 break
             for r in rows:
@@ -135,6 +138,13 @@ def verify(engine: Engine, *, batch: int = 2000) -> ChainReport:
                 expected_id += 1
                 checked += 1
             last = rows[-1].id
+        # Records beyond that head are fine if a later head covers them (appended meanwhile: rows and head
+        # commit together); rows the current head does not cover were never chained.
+        beyond = conn.execute(select(func.max(RECORD.c.id))).scalar() or 0
+        if beyond > head_id:
+            now_id = conn.execute(select(CHAIN.c.last_id).where(CHAIN.c.id == 1)).scalar_one()
+            if beyond > now_id:
+                return ChainReport(checked, now_id + 1, f"records up to {beyond} are stored beyond the chain head")
     if checked != head_id:
         return ChainReport(checked, checked + 1, f"the chain head says {head_id} records, {checked} are stored")
     if prev != head_hash:

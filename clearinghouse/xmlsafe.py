@@ -8,6 +8,7 @@ SOAP fault can carry.
 from __future__ import annotations
 
 import re
+import threading
 
 from lxml import etree
 
@@ -30,7 +31,19 @@ class XmlRejected(ValueError):
     """The XML was refused before or while parsing; the message says why."""
 
 
+_local = threading.local()
+
+
 def _parser() -> etree.XMLParser:
+    # A parser may not be shared between threads (lxml), but building one per document costs as much as
+    # parsing a small audit record: keep one per thread.
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = _new_parser()
+    return parser
+
+
+def _new_parser() -> etree.XMLParser:
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -63,7 +76,18 @@ def parse_xml(data: bytes, *, max_bytes: int, max_depth: int) -> etree._Element:
 def _deeper_than(root: etree._Element, max_depth: int) -> bool:
     """Whether any element lies deeper than ``max_depth``: one XPath step per level, evaluated in
     libxml2, instead of walking every node in Python (the exact depth is computed only to report it)."""
-    return bool(root.xpath("boolean(/" + "*/" * max_depth + "*)"))
+    return bool(_depth_probe(max_depth)(root))
+
+
+def _depth_probe(max_depth: int) -> etree.XPath:
+    # Compiled once per thread and limit, for the same reason as the parser.
+    probes = getattr(_local, "probes", None)
+    if probes is None:
+        probes = _local.probes = {}
+    probe = probes.get(max_depth)
+    if probe is None:
+        probe = probes[max_depth] = etree.XPath("boolean(/" + "*/" * max_depth + "*)")
+    return probe
 
 
 def max_nesting_depth(root: etree._Element) -> int:

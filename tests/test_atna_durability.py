@@ -110,7 +110,12 @@ def _stored_ids(db: Path, prefix: str) -> list[str]:
 
 def test_kill_9_loses_no_record_that_was_received(tmp_path):
     home, certs = tmp_path / "home", tmp_path / "certs"
-    env = {**os.environ, "CLEARINGHOUSE_PIX_PORT": "0", "CLEARINGHOUSE_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CLEARINGHOUSE_PIX_PORT": "0",
+        "CLEARINGHOUSE_CONSOLE_PORT": "0",
+        "CLEARINGHOUSE_LOG_LEVEL": "WARNING",
+    }
     subprocess.run(
         [*CLI, "participants", "add", "site", "--role", "source", "--out", str(certs), "--home", str(home)],
         check=True,
