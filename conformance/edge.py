@@ -21,7 +21,7 @@ from clearinghouse.soap.client import SoapClient, SoapReply
 from clearinghouse.soap.mtom import cid_href, content_id_for
 from clearinghouse.xmlsafe import NS, qname
 from conformance import xds_builder as xb
-from conformance.faults import Fault, wrong_dob
+from conformance.faults import Fault, WithoutStartInfo, wrong_dob
 from conformance.study import Study
 
 ITI41_ACTION = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
@@ -43,12 +43,15 @@ def new_access_code() -> str:
     return "-".join(raw[i : i + 5] for i in range(0, 20, 5))
 
 
-def feed_message(patient_id: str, *, event: str = "A04", control_id: str | None = None) -> bytes:
-    """An HL7 v2.5 ADT feed carrying only the affinity-domain patient id: no name, no birth date."""
+def feed_message(
+    patient_id: str, *, event: str = "A04", control_id: str | None = None, structure: bool = True
+) -> bytes:
+    """An HL7 v2.5 ADT feed carrying only the affinity-domain patient id: no name, no birth date
+    (``structure=False`` leaves MSH-9.3 out, the BAD_FEED fault)."""
     now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     pid, authority = patient_id.split("^^^", 1)
     segments = [
-        f"MSH|^~\\&|ISN-EDGE|SITE|CLEARINGHOUSE|ISN|{now}||ADT^{event}^ADT_A01|"
+        f"MSH|^~\\&|ISN-EDGE|SITE|CLEARINGHOUSE|ISN|{now}||ADT^{event}{'^ADT_A01' if structure else ''}|"
         f"{control_id or uuid.uuid4().hex[:20]}|P|2.5",
         f"EVN|{event}|{now}",
         f"PID|||{pid}^^^{authority}",
@@ -169,6 +172,8 @@ class EdgeSimulator:
         parts = urlsplit(feed_url)
         if parts.scheme != "mllp+tls" or not parts.hostname or not parts.port:
             raise ValueError(f"{feed_url}: the feed address must look like mllp+tls://host:port")
+        if Fault.BAD_MTOM in faults:
+            repository = SoapClient(WithoutStartInfo(repository.transport), repository.spool_dir)
         self.repository = repository
         self.feed_host, self.feed_port, self.feed_context = parts.hostname, parts.port, feed_context
         self.oid = affinity_domain_oid
@@ -202,7 +207,7 @@ class EdgeSimulator:
     def feed(self, patient_id: str) -> bytes:
         client = MllpClient(self.feed_host, self.feed_port, self.feed_context)
         try:
-            ack = client.send(feed_message(patient_id))
+            ack = client.send(feed_message(patient_id, structure=Fault.BAD_FEED not in self.faults))
         finally:
             client.close()
         if b"MSA|AA|" not in ack:
@@ -221,9 +226,14 @@ class EdgeSimulator:
         specs = specs if specs is not None else self.document_specs(study)
         request, parts = provide_and_register_request(patient_id, study, specs, source_id=self.source_id, inline=inline)
         message_id = f"urn:uuid:{uuid.uuid4()}"
-        reply = self.repository.call(
-            ITI41_ACTION, request, attachments=parts or None, mtom=not inline, message_id=message_id
-        )
+        try:
+            reply = self.repository.call(
+                ITI41_ACTION, request, attachments=parts or None, mtom=not inline, message_id=message_id
+            )
+        except Exception as exc:
+            # A failed export is audited too (ITI TF-2b 3.41.5.1.1: the event records the outcome).
+            self._audit_export(patient_id, xb.submission_set_unique_id(request), False, str(exc))
+            raise
         reply.close()
         ok = reply.body.get("status") == SUCCESS
         self._audit_export(

@@ -121,6 +121,8 @@ class PhrSimulator:
 
     def retrieve(self, entries: list[Entry], out: Path, patient_id: str = "") -> list[Fetched]:
         out.mkdir(parents=True, exist_ok=True)
+        if Fault.PARTIAL_RETRIEVE in self.faults:
+            entries = entries[:-1]
         fetched: list[Fetched] = []
         by_repo: dict[str, list[Entry]] = {}
         for e in entries:

@@ -31,6 +31,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--ch-consumer-key")
     g.addoption("--ch-affinity-domain-oid", default=DEFAULT_OID)
     g.addoption("--ch-repository-unique-id", default="1.3.6.1.4.1.21367.2026.1.1")
+    # Edge and PHR roles: the session whose recorded transactions the scenarios judge, in the database
+    # of the clearinghouse that recorded them.
+    g.addoption("--conformance-session", help="edge/PHR roles: the conformance session to judge")
+    g.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=300.0,
+        help="edge/PHR roles: seconds a scenario waits for the system under test to act (default 300)",
+    )
+    g.addoption("--ch-home", help="edge/PHR roles: the clearinghouse's data directory (default: configured)")
+    g.addoption("--ch-database-url", help="edge/PHR roles: the clearinghouse's database (default: configured)")
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +71,49 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         repository_unique_id=opt("--ch-repository-unique-id"),
         spool=tmp_path_factory.mktemp("conformance-spool"),
     )
+
+
+# A process that runs the suite in process (our own tests) hands over its clearinghouse's database here.
+DATABASE_KEY = pytest.StashKey[object]()
+
+
+class InProcessDatabase:
+    """A pytest plugin object: ``pytest.main([...], plugins=[InProcessDatabase(sessionmaker)])``."""
+
+    def __init__(self, sessions: object) -> None:
+        self.sessions = sessions
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[DATABASE_KEY] = self.sessions
+
+
+@pytest.fixture(scope="session")
+def conformance_db(request: pytest.FixtureRequest):  # noqa: ANN201 - a sessionmaker
+    """The database holding the recorded sessions (the clearinghouse's own)."""
+    from clearinghouse import db
+    from clearinghouse.config import load_settings
+
+    handed_over = request.config.stash.get(DATABASE_KEY, None)
+    if handed_over is not None:
+        yield handed_over
+        return
+    opt = request.config.getoption
+    settings = load_settings({"home": opt("--ch-home"), "database_url": opt("--ch-database-url")})
+    engine = db.make_engine(settings.effective_database_url)
+    yield db.session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def conformance_session_id(request: pytest.FixtureRequest) -> str:
+    sid = request.config.getoption("--conformance-session")
+    if not sid:
+        raise pytest.UsageError(
+            "the edge and PHR roles need --conformance-session ID (clearinghouse conformance session new)"
+        )
+    return sid
+
+
+@pytest.fixture(scope="session")
+def conformance_timeout(request: pytest.FixtureRequest) -> float:
+    return float(request.config.getoption("--conformance-timeout"))

@@ -35,4 +35,4 @@ Feature: A clearinghouse carries a study from an edge to the patient's PHR
   Scenario: Asking for a document that does not exist is a partial success
     When the edge submits 1 DICOM image and no report with MTOM
     And the PHR retrieves every document and one that does not exist
-    Then the retrieval status is PartialSuccess with error XDSMissingDocument
+    Then the retrieval status is PartialSuccess with error XDSDocumentUniqueIdError
