@@ -14,6 +14,7 @@ process (the default), ``SyslogTlsSink`` sends them to an external repository ov
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -30,6 +31,8 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape, quoteattr
+
+from clearinghouse.logging_setup import current_request_id
 
 log = logging.getLogger("clearinghouse.audit")
 
@@ -56,6 +59,7 @@ class Code:
 EV_APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 EV_AUDIT_LOG_USED = Code("110101", "DCM", "Audit Log Used")
 EV_INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+EV_STUDY_DELETED = Code("110105", "DCM", "DICOM Study Deleted")
 EV_EXPORT = Code("110106", "DCM", "Export")
 EV_IMPORT = Code("110107", "DCM", "Import")
 EV_PATIENT_RECORD = Code("110110", "DCM", "Patient Record")
@@ -112,10 +116,15 @@ TRANSACTION_NAMES = {
     "ITI-57": "Update Document Set",
     "ITI-62": "Delete Document Set",
     "ITI-81": "Retrieve ATNA Audit Event",
+    "ITI-86": "Remove Documents",
     "RAD-68": "Provide and Register Imaging Document Set - MTOM/XOP",
     "RAD-69": "Retrieve Imaging Document Set",
 }
 PURGE_EVENT_TYPE = Code("retention-purge", "urn:isn-clearinghouse:audit", "Retention purge")
+# A request refused before it reached a transaction (not XML, hostile XML, too large, wrong envelope,
+# addressing or action, broken MIME, an HL7 message that cannot be read): DICOM CID 403 has no code for
+# it, so this one is ours (docs/atna.md, "Refused before dispatch").
+MALFORMED_REQUEST = Code("malformed-request", "urn:isn-clearinghouse:audit", "Malformed request refused")
 
 
 def transaction_code(transaction: str) -> Code:
@@ -697,11 +706,37 @@ def purge(
     operator: Party | None = None,
     outcome: int = SUCCESS,
     when: datetime | None = None,
+    submission_set_uids: Sequence[str] = (),
+    repository_unique_id: str = "",
+    home_community_id: str = "",
+    registry_object_ids: Sequence[str] = (),
 ) -> AuditMessage:
-    """A retention purge: Patient Record Delete by this node, each purged document permanently erased."""
-    participants = [node.application]
+    """A retention purge: Patient Record Delete (DICOM PS3.15 A.5.3.9, action D) by this node, every
+    removed object permanently erased (ParticipantObjectDataLifeCycle 15). DICOM defines no purge event
+    and no IHE transaction took place, so the EventTypeCode is ours (``retention-purge``); the objects
+    are named as the two IHE deletions name them: each document as ITI-86 Remove Documents does
+    (ITI TF-2b 3.86.5: Report Number = uniqueId, with its Repository Unique Id and homeCommunityID
+    details), each registry object as ITI-62 Delete Document Set does (ITI TF-2b 3.62.5: its entryUUID
+    as an ObjectRef), and each submission set by its uniqueId. This node is the requestor, or the
+    operator (Application Launcher) who ran ``clearinghouse purge``. Purged DICOM instances are also
+    reported by ``study_deleted``."""
+    participants = [dataclasses.replace(node.application, requestor=operator is None)]
     if operator is not None:
         participants.append(operator.participant(ROLE_APPLICATION_LAUNCHER, requestor=True))
+    submission_sets = [
+        ParticipantObject(uid, OBJ_SYSTEM, ROLE_JOB, ID_SUBMISSION_SET, lifecycle=LIFECYCLE_PERMANENT_ERASURE)
+        for uid in dict.fromkeys(submission_set_uids)
+        if uid
+    ]
+    details = _document_details(repository_unique_id, home_community_id)
+    documents = [
+        ParticipantObject(
+            uid, OBJ_SYSTEM, ROLE_REPORT, ID_REPORT_NUMBER, details=details, lifecycle=LIFECYCLE_PERMANENT_ERASURE
+        )
+        for uid in dict.fromkeys(document_unique_ids)
+        if uid
+    ]
+    registry_objects = _deleted_objects(dict.fromkeys(i for i in registry_object_ids if i), ID_OBJECT_REF)
     return AuditMessage(
         EV_PATIENT_RECORD,
         "D",
@@ -710,8 +745,80 @@ def purge(
         node.source,
         tuple(participants),
         (PURGE_EVENT_TYPE,),
-        tuple(_patients(patient_ids) + _deleted_objects(document_unique_ids, ID_REPORT_NUMBER)),
+        tuple(_patients(patient_ids) + submission_sets + documents + registry_objects),
         reason,
+    )
+
+
+def study_deleted(
+    *,
+    node: AuditNode,
+    study_instance_uids: Sequence[str],
+    patient_ids: Sequence[str] = (),
+    reason: str = "",
+    operator: Party | None = None,
+    outcome: int = SUCCESS,
+    when: datetime | None = None,
+) -> AuditMessage:
+    """DICOM Study Deleted (PS3.15 A.5.3.5, EventID 110105, action D): the DICOM instances of each study
+    removed from the store (a retention purge of an imaging submission), by this node or an operator."""
+    participants = [dataclasses.replace(node.application, requestor=operator is None)]
+    if operator is not None:
+        participants.append(operator.participant(ROLE_APPLICATION_LAUNCHER, requestor=True))
+    studies = [
+        ParticipantObject(uid, OBJ_SYSTEM, ROLE_REPORT, ID_STUDY_INSTANCE_UID, lifecycle=LIFECYCLE_PERMANENT_ERASURE)
+        for uid in dict.fromkeys(study_instance_uids)
+        if uid
+    ]
+    return AuditMessage(
+        EV_STUDY_DELETED,
+        "D",
+        outcome,
+        _now(when),
+        node.source,
+        tuple(participants),
+        (PURGE_EVENT_TYPE,),
+        tuple(studies + _patients(patient_ids)),
+        reason,
+    )
+
+
+def remove_documents(
+    *,
+    node: AuditNode,
+    administrator: Party,
+    repository: Party,
+    documents: Sequence[DocumentRef],
+    outcome: int = SUCCESS,
+    outcome_description: str = "",
+    when: datetime | None = None,
+) -> AuditMessage:
+    """ITI-86 Remove Documents (ITI TF-2b 3.86.5): Patient Record Delete; the Document Administrator
+    (requestor) and the Document Repository; each document named, with its Repository Unique Id."""
+    objects = [
+        ParticipantObject(
+            d.unique_id,
+            OBJ_SYSTEM,
+            ROLE_REPORT,
+            ID_REPORT_NUMBER,
+            details=_document_details(d.repository_unique_id, d.home_community_id),
+            lifecycle=LIFECYCLE_PERMANENT_ERASURE,
+        )
+        for d in documents
+    ]
+    return AuditMessage(
+        EV_PATIENT_RECORD,
+        "D",
+        outcome,
+        _now(when),
+        node.source,
+        (
+            administrator.participant(ROLE_SOURCE, requestor=True),
+            repository.participant(ROLE_DESTINATION, requestor=False),
+        ),
+        (transaction_code("ITI-86"),),
+        tuple(objects),
+        outcome_description,
     )
 
 
@@ -777,6 +884,18 @@ def restricted_function(
         msg.objects,
         msg.outcome_description,
     )
+
+
+def malformed_request(
+    *, node: AuditNode, endpoint: str, peer: Party, reason: str, transaction: str = "", when: datetime | None = None
+) -> AuditMessage:
+    """A request refused before dispatch: Security Alert, Malformed request refused (plus the IHE
+    transaction when the request named one); the peer (its certificate subject) and the endpoint, with
+    what was wrong."""
+    msg = security_alert(MALFORMED_REQUEST, node=node, subject=endpoint, description=reason, offender=peer, when=when)
+    if transaction in TRANSACTION_NAMES:
+        msg = dataclasses.replace(msg, event_types=(*msg.event_types, transaction_code(transaction)))
+    return msg
 
 
 def user_authentication(
@@ -878,7 +997,35 @@ def audit_log_used(
     )
 
 
+# The request id of the transaction an event records (clearinghouse.logging_setup), as a
+# ParticipantObjectDetail of the event's first participant object. DICOM PS3.15 A.5 allows any number of
+# ParticipantObjectDetail type/value pairs ("implementation-defined data about specific details of the
+# object") in every ParticipantObjectIdentification, so the message stays schema-valid and keeps every
+# element and participant object the IHE audit tables require; docs/decisions.md says why here.
+REQUEST_ID_DETAIL = "ISN-RequestID"
+
+
+def with_request_id(message: AuditMessage, request_id: str) -> AuditMessage:
+    """``message`` with ``request_id`` on its first participant object (unchanged if either is missing)."""
+    if not request_id or not message.objects:
+        return message
+    first, *rest = message.objects
+    if any(kind == REQUEST_ID_DETAIL for kind, _ in first.details):
+        return message
+    tagged = dataclasses.replace(first, details=(*first.details, (REQUEST_ID_DETAIL, request_id.encode())))
+    return dataclasses.replace(message, objects=(tagged, *rest))
+
+
 # --- sinks -------------------------------------------------------------------------------------
+
+
+def emitted_message(message: bytes | AuditMessage, node: AuditNode) -> bytes:
+    """The RFC 5424 message a sink sends for ``message`` (bytes are taken as one already), tagged with
+    the request id of the calling thread (sinks serialise in the thread of the transaction recorded)."""
+    if isinstance(message, bytes):
+        return message
+    message = with_request_id(message, current_request_id())
+    return syslog_message(message.to_xml(), node, message.when)
 
 
 @runtime_checkable
@@ -909,16 +1056,21 @@ class QueuedSink(ABC):
 
     def emit(self, message: bytes | AuditMessage) -> None:
         try:
-            data = message if isinstance(message, bytes) else syslog_message(message.to_xml(), self.node, message.when)
-            with self._cond:
-                if len(self._queue) >= self.capacity:
-                    self.dropped += 1
-                    log.error("audit sink full (%d queued): audit message dropped", len(self._queue))
-                    return
-                self._queue.append(data)
-                self._cond.notify()
+            self._enqueue(self.serialise(message))
         except Exception:  # noqa: BLE001 - auditing must never break the transaction it records
             log.exception("could not queue an audit message")
+
+    def serialise(self, message: bytes | AuditMessage) -> bytes:
+        return emitted_message(message, self.node)
+
+    def _enqueue(self, data: bytes) -> None:
+        with self._cond:
+            if len(self._queue) >= self.capacity:
+                self.dropped += 1
+                log.error("audit sink full (%d queued): audit message dropped", len(self._queue))
+                return
+            self._queue.append(data)
+            self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -985,11 +1137,32 @@ class QueuedSink(ABC):
 
 class LocalRepositorySink(QueuedSink):
     """Delivers to the built-in Audit Record Repository of this process through ``accept``, which
-    stores a batch of syslog messages durably (or raises, and the batch is retried)."""
+    writes a batch of syslog messages to its spool (or raises). ``emit`` calls it synchronously, in the
+    thread of the transaction being recorded, so the event is written before that transaction's
+    response is sent and survives the process being killed; only when ``accept`` fails is the message
+    queued and retried in the background."""
 
     def __init__(self, accept: Callable[[list[bytes]], None], node: AuditNode, **kwargs: object) -> None:
         self._accept = accept
         super().__init__(node, name="audit-local", **kwargs)  # type: ignore[arg-type]
+
+    def emit(self, message: bytes | AuditMessage) -> None:
+        try:
+            data = self.serialise(message)
+        except Exception:  # noqa: BLE001 - auditing must never break the transaction it records
+            log.exception("could not build an audit message")
+            return
+        with self._cond:
+            behind = bool(self._queue) or self._closing  # keep the order of messages already queued
+        if not behind:
+            try:
+                self._accept([data])
+                with self._cond:
+                    self.delivered += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - queued and retried below
+                log.error("audit message could not be written to the spool (%s); queued for retry", exc)
+        self._enqueue(data)
 
     def _deliver(self, batch: list[bytes]) -> None:
         self._accept(batch)
@@ -1002,11 +1175,27 @@ class SyslogTlsSink(QueuedSink):
     def __init__(
         self, host: str, port: int, context: ssl.SSLContext, node: AuditNode, *, timeout: float = 10.0, **kwargs: object
     ) -> None:
-        self.host, self.port, self.context, self.timeout = host, port, context, timeout
-        self._sock: ssl.SSLSocket | None = None
+        self.host, self.port = host, port
+        self.connection = SyslogTlsConnection(host, port, context, timeout=timeout)
         super().__init__(node, name="audit-syslog-tls", **kwargs)  # type: ignore[arg-type]
 
     def _deliver(self, batch: list[bytes]) -> None:
+        self.connection.send(batch)
+
+    def _disconnect(self) -> None:
+        self.connection.close()
+
+
+class SyslogTlsConnection:
+    """A client connection to an Audit Record Repository over TLS syslog (RFC 5425 octet counting),
+    opened on first use and dropped on any error, so that the next ``send`` opens a fresh one."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, *, timeout: float = 10.0) -> None:
+        self.host, self.port, self.context, self.timeout = host, port, context, timeout
+        self._sock: ssl.SSLSocket | None = None
+
+    def send(self, batch: list[bytes]) -> None:
+        """Send syslog messages, each in its own frame; raises OSError (the connection dropped)."""
         if self._sock is None:
             raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
             try:
@@ -1017,10 +1206,10 @@ class SyslogTlsSink(QueuedSink):
         try:
             self._sock.sendall(b"".join(octet_frame(m) for m in batch))
         except OSError:
-            self._disconnect()
+            self.close()
             raise
 
-    def _disconnect(self) -> None:
+    def close(self) -> None:
         if self._sock is not None:
             try:
                 self._sock.close()

@@ -19,6 +19,7 @@ from lxml import etree
 from clearinghouse import audit, hl7
 from clearinghouse.audit import AuditMessage, AuditNode, AuditSink, DocumentRef, Party, StudyRef
 from clearinghouse.errors import AccessDenied
+from clearinghouse.https import PEER_ENVIRON_KEY
 from clearinghouse.peer import Peer
 from clearinghouse.xmlsafe import NS
 
@@ -32,6 +33,10 @@ SUBMISSION_SET_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 SUBMISSION_SET_PATIENT_ID = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
 QUERY_PATIENT_SLOTS = ("$XDSDocumentEntryPatientId", "$XDSSubmissionSetPatientId", "$XDSFolderPatientId", "$patientId")
 XDSI_NS = "urn:ihe:rad:xdsi-b:2009"
+# RAD-68 travels as ITI-41 (same action, same message): what makes it RAD-68 is a DocumentEntry whose
+# formatCode is the Key Object Selection SOP Class, the imaging manifest (RAD TF-3 4.68.4.1.2).
+FORMAT_CODE_SCHEME = "urn:uuid:a09d5840-386c-46f2-b5ad-9c3699a4309d"
+KOS_FORMAT_CODE = "1.2.840.10008.5.1.4.1.1.88.59"
 STATUS_OUTCOME = {"Success": audit.SUCCESS, "PartialSuccess": audit.MINOR_FAILURE, "Failure": audit.SERIOUS_FAILURE}
 ACK_OUTCOME = {"AA": audit.SUCCESS, "CA": audit.SUCCESS}
 
@@ -46,6 +51,14 @@ def _submission(body: etree._Element) -> tuple[str, str]:
         elif scheme == SUBMISSION_SET_UNIQUE_ID and not uid:
             uid = ident.get("value", "")
     return patient, uid
+
+
+def imaging_submission(body: etree._Element) -> bool:
+    """Whether an ITI-41 request carries an imaging manifest, which makes it RAD-68."""
+    for c in body.iter(f"{{{NS['rim']}}}Classification"):
+        if c.get("classificationScheme") == FORMAT_CODE_SCHEME and c.get("nodeRepresentation") == KOS_FORMAT_CODE:
+            return True
+    return False
 
 
 def _query(body: etree._Element) -> tuple[str, str, str]:
@@ -148,6 +161,8 @@ class Auditor:
         if t in ("ITI-41", "RAD-68", "ITI-42"):
             patient, uid = _submission(body)
             build = audit.register_document_set if t == "ITI-42" else audit.provide_and_register
+            if t == "ITI-41" and imaging_submission(body):
+                t = "RAD-68"  # audited as ITI-41 with the RAD-68 EventTypeCode (RAD TF-3 4.68.4.1.4)
             extra = {} if t == "ITI-42" else {"transaction": t}
             return [
                 build(
@@ -189,6 +204,9 @@ class Auditor:
             return [
                 audit.retrieve_document_set(audit.SOURCE, repository=me, consumer=peer, documents=documents, **common)
             ]
+        if t == "ITI-86":
+            documents = _documents(body, "DocumentRequest")
+            return [audit.remove_documents(administrator=peer, repository=me, documents=documents, **common)]
         if t == "RAD-69":
             studies = [
                 StudyRef(s.get("studyInstanceUID", ""))
@@ -200,6 +218,22 @@ class Auditor:
             ]
         log.warning("no audit event is defined for %s; transaction not audited", t)
         return []
+
+    # --- SOAP requests refused before dispatch (SoapEndpoint.refusal_hook) ---
+
+    def soap_refused(self, environ: dict[str, Any], reason: str, transaction: str) -> None:
+        peer = environ.get(PEER_ENVIRON_KEY)
+        party = peer_party(peer, environ.get("REMOTE_ADDR", ""))
+        if peer is None:
+            party = Party(environ.get("REMOTE_ADDR", "") or "unknown", environ.get("REMOTE_ADDR", ""))
+        here = _endpoint_url(environ, self.node.hostname)
+        self._emit_all(
+            lambda: [
+                audit.malformed_request(
+                    node=self.node, endpoint=here, peer=party, reason=reason, transaction=transaction
+                )
+            ]
+        )
 
     # --- SOAP client side (SoapClient.audit_hook): this node as the source of a transaction ---
 
@@ -236,11 +270,24 @@ class Auditor:
     ) -> list[AuditMessage]:
         msg = _parse_hl7(message)
         ack = _parse_hl7(response)
-        if msg is None:
-            return []
         code = ack.get("MSA", 1) if ack is not None else ""
         outcome = ACK_OUTCOME.get(code, audit.SERIOUS_FAILURE)
         description = "" if outcome == audit.SUCCESS else f"ACK {code or '?'}: {_ack_text(ack)}".strip()
+        if msg is None or not (msg.message_type == "ADT" or (msg.message_type, msg.trigger_event) == ("QBP", "Q23")):
+            if outcome == audit.SUCCESS:
+                log.info("no audit event is defined for an accepted HL7 message of this type")
+                return []
+            # Refused before it reached a transaction: unreadable, or a message type this listener does not take.
+            what = f"{msg.message_type}^{msg.trigger_event}" if msg is not None else "unreadable HL7 message"
+            host = address.rsplit(":", 1)[0]
+            return [
+                audit.malformed_request(
+                    node=self.node,
+                    endpoint=f"mllp+tls://{self.node.hostname}/{listener}",
+                    peer=Party(peer.participant or peer.subject or host, host, peer.subject),
+                    reason=f"{what}: {description}",
+                )
+            ]
         sender = Party(
             "|".join((msg.sending_application, msg.sending_facility)), address.rsplit(":", 1)[0], peer.subject
         )

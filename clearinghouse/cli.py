@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clearinghouse import db, participants, pki, rsna_id
+from clearinghouse import db, logging_setup, participants, pki, rsna_id
 from clearinghouse.config import Settings, load_settings
 
 log = logging.getLogger("clearinghouse")
@@ -33,7 +33,7 @@ def _sessions(settings: Settings):  # noqa: ANN202
     from clearinghouse.app import prepare_home
 
     prepare_home(settings)
-    engine = db.make_engine(settings.effective_database_url)
+    engine = db.engine_for(settings)
     db.upgrade(engine)
     return db.session_factory(engine)
 
@@ -47,11 +47,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings.replace(
         **{
             k: v
-            for k, v in (("syslog_tls_port", args.syslog_tls_port), ("syslog_udp_port", args.syslog_udp_port))
+            for k, v in (
+                ("syslog_tls_port", args.syslog_tls_port),
+                ("syslog_udp_port", args.syslog_udp_port),
+                ("console_port", args.console_port),
+            )
             if v is not None
         }
     )
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format is not None:
+        settings = settings.replace(log_format=args.log_format)
+    logging_setup.configure(settings.log_level, settings.log_format)
     ch = build(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,6 +89,8 @@ def cmd_participants_add(args: argparse.Namespace) -> int:
     identity = pki.issue_certificate(ca, args.name, client=True)
     with db.transaction(sessions) as session:
         view = participants.register(session, args.name, roles, identity.certificate, "issued")
+        if args.retention_days is not None:
+            view = participants.set_retention(session, args.name, args.retention_days)
     _audit_participant(settings, sessions, "add", view)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +135,18 @@ def cmd_participants_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_participants_retention(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    sessions = _sessions(settings)
+    with db.transaction(sessions) as session:
+        view = participants.set_retention(session, args.name, None if args.default else args.retention_days)
+    days = view.retention_days
+    kept = f"{days} days" if days is not None else f"{settings.retention_days} days (default)"
+    _audit_participant(settings, sessions, f"retention {kept}", view)
+    print(f"participant {view.name}: submissions registered from now on are kept {kept}")
+    return 0
+
+
 def cmd_participants_revoke(args: argparse.Namespace) -> int:
     settings = _settings(args)
     sessions = _sessions(settings)
@@ -150,6 +170,23 @@ def _run_audit(handler: Any, args: argparse.Namespace) -> int:
     return handler(args, settings, sessions.kw["bind"])
 
 
+def _audit_security_configuration(settings: Settings, engine: Any, description: str) -> None:
+    """A Security Alert (Security Configuration) for a change made by a command, e.g. key rotation."""
+    from atna.cli import operator, record_now
+    from clearinghouse import audit
+
+    node = audit.AuditNode(settings.audit_source_id, settings.audit_site_id, app_name="isn-clearinghouse-cli")
+    message = audit.security_alert(
+        audit.Code("110129", "DCM", "Security Configuration"),
+        node=node,
+        subject="urn:isn-clearinghouse:encryption-keys",
+        description=description,
+        offender=operator(),
+        outcome=audit.SUCCESS,
+    )
+    record_now(settings, engine, message)
+
+
 def cmd_rsna_id(args: argparse.Namespace) -> int:
     settings = load_settings({"home": args.home})
     algorithm = args.algorithm or settings.rsna_id_algorithm
@@ -170,6 +207,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pix-port", type=int, help="PIX Manager ITI-8/ITI-9, MLLP/TLS (default 8888)")
     s.add_argument("--syslog-tls-port", type=int, help="ITI-20 audit records, syslog over TLS (default 6514)")
     s.add_argument("--syslog-udp-port", type=int, help="ITI-20 audit records, syslog over UDP (default 5514)")
+    s.add_argument("--console-port", type=int, help="web console for browsers, HTTPS (default 9443; -1: not served)")
+    s.add_argument(
+        "--log-format", choices=logging_setup.LOG_FORMATS, help="text or json lines with request ids (default text)"
+    )
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("db", help="database maintenance")
@@ -186,7 +227,15 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--role", action="append", required=True, help="source, consumer, auditor or admin (repeatable)")
     a.add_argument("--out", required=True, help="directory for NAME.key.pem, NAME.cert.pem, ca.cert.pem, NAME.p12")
     a.add_argument("--p12-password", help="password of the PKCS#12 bundle (default: random, written beside it)")
+    a.add_argument("--retention-days", type=int, help="keep this participant's submissions N days (default: 30)")
     a.set_defaults(func=cmd_participants_add)
+    rt = psub.add_parser("retention", help="how long a participant's future submissions are kept")
+    _common(rt)
+    rt.add_argument("name")
+    rtv = rt.add_mutually_exclusive_group(required=True)
+    rtv.add_argument("--retention-days", type=int, help="keep its submissions N days (1 to 3650)")
+    rtv.add_argument("--default", action="store_true", help="back to CLEARINGHOUSE_RETENTION_DAYS")
+    rt.set_defaults(func=cmd_participants_retention)
     i = psub.add_parser("import", help="register a certificate issued elsewhere")
     _common(i)
     i.add_argument("name")
@@ -208,6 +257,18 @@ def parser() -> argparse.ArgumentParser:
     from pix_manager.cli import register as register_pix_commands
 
     register_pix_commands(sub, _common, lambda a: _sessions(_settings(a)))
+
+    from console.cli import register as register_user_commands
+
+    register_user_commands(sub, _common, lambda a: _sessions(_settings(a)))
+
+    from repository.keys_cli import register as register_key_commands
+
+    register_key_commands(sub, _common, _run_audit, _audit_security_configuration)
+
+    from clearinghouse.retention_cli import register as register_purge_command
+
+    register_purge_command(sub, _common, lambda a: (lambda s: (s, _sessions(s)))(_settings(a)))
 
     ri = sub.add_parser("rsna-id", help="compute the RSNA-ID and affinity-domain patient ID")
     ri.add_argument("--home", help=argparse.SUPPRESS)

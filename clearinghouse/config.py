@@ -73,6 +73,54 @@ class Settings:
     pix_duplicate_window_hours: int = 168
     # Where merges of affinity-domain identifiers are fed (ITI-8); empty: the in-process registry.
     pix_registry_feed_url: str = ""
+    # Web console (console): HTTPS for browsers on its own port (server certificate only; -1: not
+    # served). A sign-in session ends after console_session_minutes without use and after
+    # console_session_max_hours in any case; console_lockout_attempts failed sign-ins in a row lock
+    # the account for console_lockout_minutes.
+    console_port: int = 9443
+    console_session_minutes: int = 30
+    console_session_max_hours: int = 12
+    console_lockout_attempts: int = 5
+    console_lockout_minutes: int = 15
+    # Retention (docs/retention.md): submissions are kept retention_days from registration unless the
+    # participant or the submission says less; `serve` purges every retention_purge_interval_seconds
+    # (0: no scheduler), in batches of retention_purge_batch submission sets; bytes the registry no
+    # longer references are swept once older than retention_sweep_grace_hours.
+    retention_days: int = 30
+    retention_purge_interval_seconds: int = 3600
+    retention_purge_batch: int = 100
+    retention_sweep_grace_hours: int = 24
+    # Document storage (docs/storage.md): empty store_url is the filesystem store at store_path;
+    # s3://BUCKET/PREFIX is an S3-compatible service at s3_endpoint (http(s)://HOST:PORT, empty: AWS),
+    # trusting s3_ca (empty: the public CAs), uploading in parts of s3_part_size bytes.
+    store_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = ""
+    s3_ca: str = ""
+    s3_part_size: int = 16 * 1024 * 1024
+    # Encryption at rest: aes-256-gcm (default) or none (new documents stored as they came). KEKs:
+    # kek_files "ID=PATH,...", kek_keys "ID=BASE64,..." (secrets in the environment), kek_current the
+    # one new data keys are wrapped under; none configured: generated into home/keys. Documents of at
+    # most encryption_preverify_bytes are verified whole before an ITI-43/RAD-69 response starts.
+    encryption: str = "aes-256-gcm"
+    kek_files: str = ""
+    kek_keys: str = ""
+    kek_current: str = ""
+    encryption_preverify_bytes: int = 16 * 1024 * 1024
+    # PostgreSQL connection pool of each process (clearinghouse.db.PoolSettings; SQLite ignores them):
+    # connections kept, extra ones under load, seconds to wait for one, test before use, replace after.
+    db_pool_size: int = 10
+    db_pool_max_overflow: int = 20
+    db_pool_timeout_seconds: int = 30
+    db_pool_pre_ping: bool = True
+    db_pool_recycle_seconds: int = 1800
+    # This process's ITI-20 spool (empty: home/audit-spool). One process owns a spool: several `serve`
+    # processes sharing a home each need their own, on local disk (docs/operations.md).
+    audit_spool_path: str = ""
+    # Log lines as text or as one JSON object per line, each with the request id (clearinghouse.logging_setup).
+    log_format: str = "text"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,7 +133,7 @@ class Settings:
 
     @property
     def audit_spool_dir(self) -> Path:
-        return self.home / "audit-spool"
+        return Path(self.audit_spool_path) if self.audit_spool_path else self.home / "audit-spool"
 
     @property
     def effective_database_url(self) -> str:
@@ -118,6 +166,11 @@ class Settings:
 def _coerce(kind: Any, raw: str) -> Any:
     if kind in (int, "int"):
         return int(raw)
+    if kind in (bool, "bool"):
+        word = raw.strip().lower()
+        if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError("expected true or false")
+        return word in ("1", "true", "yes", "on")
     if kind in (Path, "Path"):
         return Path(raw)
     return raw

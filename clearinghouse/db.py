@@ -6,18 +6,25 @@ the core only runs them. SQLite is the embedded default, PostgreSQL the producti
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+if TYPE_CHECKING:
+    from clearinghouse.config import Settings
+
 # Packages whose ``migrations`` folder is an Alembic branch of this database.
-MIGRATION_PACKAGES = ("clearinghouse", "registry", "repository", "atna", "pix_manager")
+MIGRATION_PACKAGES = ("clearinghouse", "registry", "repository", "atna", "pix_manager", "console", "conformance")
 
 
 class Base(DeclarativeBase):
@@ -34,14 +41,58 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     cur.close()
 
 
-def make_engine(url: str, schema: str | None = None) -> Engine:
-    """An engine for ``url``; ``schema`` selects a PostgreSQL schema (used to isolate test runs)."""
+@dataclass(frozen=True)
+class PoolSettings:
+    """The PostgreSQL connection pool of one process (CLEARINGHOUSE_DB_POOL_*; docs/operations.md).
+
+    ``size`` connections are kept open, up to ``overflow`` more are opened under load and closed when
+    returned; a request for a connection waits ``timeout`` seconds before failing. ``pre_ping`` tests a
+    connection before handing it out (a database restart or a load balancer's idle cut then costs a
+    reconnect, not a failed transaction); ``recycle`` replaces connections older than that many seconds
+    (-1: never), below the idle limits of firewalls and PgBouncer-style proxies.
+    """
+
+    size: int = 10
+    overflow: int = 20
+    timeout: float = 30.0
+    pre_ping: bool = True
+    recycle: int = 1800
+
+    @classmethod
+    def of(cls, settings: Settings) -> PoolSettings:
+        return cls(
+            settings.db_pool_size,
+            settings.db_pool_max_overflow,
+            float(settings.db_pool_timeout_seconds),
+            settings.db_pool_pre_ping,
+            settings.db_pool_recycle_seconds,
+        )
+
+
+def make_engine(url: str, schema: str | None = None, *, pool: PoolSettings | None = None) -> Engine:
+    """An engine for ``url``; ``schema`` selects a PostgreSQL schema (used to isolate test runs).
+
+    SQLite keeps SQLAlchemy's own pooling (one file, one process); ``pool`` applies to PostgreSQL."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    pool = pool or PoolSettings()
     connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(
+        url,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout,
+        pool_pre_ping=pool.pre_ping,
+        pool_recycle=pool.recycle,
+        connect_args=connect_args,
+    )
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The engine of the configured database, with the configured pool."""
+    return make_engine(settings.effective_database_url, pool=PoolSettings.of(settings))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -72,8 +123,51 @@ def _alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "heads") -> None:
-    """Bring the schema of every actor to ``revision`` (all branch heads by default)."""
-    command.upgrade(_alembic_config(engine), revision)
+    """Bring the schema of every actor to ``revision`` (all branch heads by default).
+
+    Several processes may start at once on one database (``serve`` upgrades at start): they take
+    turns under a lock, and the ones after the first find nothing left to do."""
+    with migration_lock(engine):
+        command.upgrade(_alembic_config(engine), revision)
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Exclusive among every process migrating this database (and schema).
+
+    PostgreSQL: a session advisory lock on a connection of its own, keyed by the schema, so that
+    test runs in separate schemas do not wait for each other; it is released if the process dies.
+    SQLite: an flock on a file beside the database. Other databases: no lock."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar() or ""
+            # Advisory lock keys are one bigint: a fixed class id and a CRC of the schema name.
+            key = zlib.crc32(f"clearinghouse-migrations:{schema}".encode()) - 2**31  # a signed int4
+            conn.execute(_LOCK, {"cls": MIGRATION_LOCK_CLASS, "key": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(_UNLOCK, {"cls": MIGRATION_LOCK_CLASS, "key": key})
+                conn.commit()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migration-lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+# First half of the two-int advisory lock key used for migrations ("CH" in ASCII): other advisory
+# locks of the clearinghouse (atna, pix_manager, retention) use their own class ids.
+MIGRATION_LOCK_CLASS = 0x4348
+_LOCK = text("SELECT pg_advisory_lock(CAST(:cls AS integer), CAST(:key AS integer))")
+_UNLOCK = text("SELECT pg_advisory_unlock(CAST(:cls AS integer), CAST(:key AS integer))")
 
 
 def current_revisions(engine: Engine) -> set[str]:

@@ -98,6 +98,12 @@ class XDSUnknownRepositoryId(XdsError):
     code = "XDSUnknownRepositoryId"
 
 
+class XDSDocumentUniqueIdError(XdsError):
+    """The document with this uniqueId is not available (ITI-43, ITI-86): never held, or removed."""
+
+    code = "XDSDocumentUniqueIdError"
+
+
 class XDSStoredQueryParamNumber(XdsError):
     code = "XDSStoredQueryParamNumber"
 

@@ -17,7 +17,7 @@ from cheroot import wsgi
 from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.ssl import Adapter
 
-from clearinghouse.tls import ServerTLS, TlsRefused, TlsStream
+from clearinghouse.tls import BrowserTLS, ServerTLS, TlsRefused, TlsStream
 
 log = logging.getLogger("clearinghouse.https")
 
@@ -120,7 +120,7 @@ class _SocketFacade:
 class MutualTlsAdapter(Adapter):
     """A cheroot SSL adapter delegating the handshake and client authentication to ServerTLS."""
 
-    def __init__(self, tls: ServerTLS) -> None:
+    def __init__(self, tls: ServerTLS | BrowserTLS) -> None:
         super().__init__("", "")
         self.tls = tls
 
@@ -133,6 +133,8 @@ class MutualTlsAdapter(Adapter):
         except TlsRefused as exc:
             raise cheroot_errors.FatalSSLAlert(str(exc)) from exc
         env = self.get_environ()
+        if peer is None:  # server authentication only (clearinghouse.tls.BrowserTLS)
+            return _SocketFacade(stream), env
         env[PEER_ENVIRON_KEY] = peer
         env["SSL_CLIENT_S_DN"] = peer.subject
         env["SSL_CLIENT_VERIFY"] = "SUCCESS"
@@ -163,7 +165,7 @@ class HttpsServer:
         host: str,
         port: int,
         app: Callable[..., Any],
-        tls: ServerTLS,
+        tls: ServerTLS | BrowserTLS,
         *,
         threads: int = 16,
         max_request_bytes: int = 0,

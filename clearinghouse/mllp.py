@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from clearinghouse import hl7
+from clearinghouse import hl7, logging_setup
 from clearinghouse.errors import HL7Error
 from clearinghouse.peer import Peer
 
@@ -137,6 +137,9 @@ class MllpServer:
         self._requested_port = port
         self._tls = tls
         self._handler = handler
+        # Further observers of each answered message, same arguments as audit_hook (e.g. the
+        # conformance recorder); each is called after audit_hook and must not raise.
+        self.observers: list[Callable[[str, Peer, str, bytes, bytes], None]] = []
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -225,6 +228,9 @@ class MllpServer:
     def _serve(self, sock: socket.socket, address: str) -> None:
         me = threading.current_thread()
         stream: TlsStreamLike | None = None
+        # A request id for the connection (its handshake, refusal and log lines; a syslog connection's
+        # records); each HL7 message gets its own in _converse (clearinghouse.logging_setup).
+        logging_setup.begin(self.name)
         try:
             sock.settimeout(self.idle_timeout)
             try:
@@ -244,6 +250,7 @@ class MllpServer:
                 if waker is not None:
                     _quietly(waker.close)
                 self._threads.discard(me)
+            logging_setup.end()
 
     def _converse(self, stream: TlsStreamLike, peer: Peer, address: str) -> None:
         buffer = bytearray()
@@ -262,13 +269,15 @@ class MllpServer:
             if message is None:
                 log.debug("%s: %s closed the connection", self.name, address)
                 return
-            response = self._dispatch(peer, message)
-            frames = [response] if isinstance(response, bytes) else list(response or ())
-            if self.audit_hook is not None:
-                try:
-                    self.audit_hook(self.name, peer, address, message, frames[0] if frames else b"")
-                except Exception:  # noqa: BLE001 - auditing never fails the exchange it records
-                    log.exception("%s: audit hook failed", self.name)
+            with logging_setup.request_scope("mllp"):  # the message's request id, in logs and audit records
+                response = self._dispatch(peer, message)
+                frames = [response] if isinstance(response, bytes) else list(response or ())
+                hooks = ([self.audit_hook] if self.audit_hook is not None else []) + self.observers
+                for hook in hooks:
+                    try:
+                        hook(self.name, peer, address, message, frames[0] if frames else b"")
+                    except Exception:  # noqa: BLE001 - auditing never fails the exchange it records
+                        log.exception("%s: audit hook failed", self.name)
             try:
                 stream.sendall(b"".join(frame(r) for r in frames))
             except Exception as exc:  # noqa: BLE001 - the peer went away before its answer

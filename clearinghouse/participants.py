@@ -37,6 +37,9 @@ class Participant(Base):
     not_after: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # How many days this participant's submissions are kept (None: CLEARINGHOUSE_RETENTION_DAYS);
+    # see clearinghouse.retention_policy. Migration core_0002.
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     @property
     def role_set(self) -> frozenset[str]:
@@ -52,11 +55,12 @@ class ParticipantView:
     fingerprint: str
     not_after: dt.datetime
     revoked: bool
+    retention_days: int | None = None
 
 
 def _view(p: Participant) -> ParticipantView:
     return ParticipantView(
-        p.name, p.role_set, p.origin, p.subject, p.fingerprint, p.not_after, p.revoked_at is not None
+        p.name, p.role_set, p.origin, p.subject, p.fingerprint, p.not_after, p.revoked_at is not None, p.retention_days
     )
 
 
@@ -113,3 +117,24 @@ def find_active_by_fingerprint(session: Session, fp: str) -> ParticipantView | N
 def find_by_fingerprint(session: Session, fp: str) -> ParticipantView | None:
     p = session.scalar(select(Participant).where(Participant.fingerprint == fp))
     return _view(p) if p else None
+
+
+def set_retention(session: Session, name: str, days: int | None) -> ParticipantView:
+    """Keep ``name``'s future submissions ``days`` days (None: the configured default)."""
+    from clearinghouse.retention_policy import RetentionRuleError, check_days
+
+    p = session.scalar(select(Participant).where(Participant.name == name))
+    if p is None:
+        raise ParticipantError(f"no participant named {name!r}")
+    try:
+        p.retention_days = None if days is None else check_days(days)
+    except RetentionRuleError as exc:
+        raise ParticipantError(str(exc)) from exc
+    return _view(p)
+
+
+def retention_days_of(session: Session, name: str | None) -> int | None:
+    """The retention set for participant ``name``, or None (none set, or no such participant)."""
+    if not name:
+        return None
+    return session.scalar(select(Participant.retention_days).where(Participant.name == name))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROLES = frozenset({"source", "consumer", "auditor", "admin"})
+ROLES = frozenset({"source", "consumer", "auditor", "admin", "monitor"})  # monitor: reads /metrics
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,13 @@ INTERNAL_REPOSITORY = Peer(
     fingerprint="",
     participant="clearinghouse:repository",
     roles=frozenset({"source"}),
+)
+
+# The retention purge acting as Document Administrator towards the in-process repository (ITI-86):
+# this server itself, so trusted with the admin role without a certificate.
+INTERNAL_RETENTION = Peer(
+    subject="CN=clearinghouse-internal-retention",
+    fingerprint="",
+    participant="clearinghouse:retention",
+    roles=frozenset({"admin"}),
 )

@@ -7,6 +7,7 @@ the development PKI is created on first start so that ``clearinghouse serve`` wo
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -168,14 +169,20 @@ def ensure_development_pki(pki_dir: Path, server_names: list[str] | None = None)
         return False
     pki_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(pki_dir, 0o700)
-    ca = create_ca()
-    write_private(ca_key, ca.key_pem)
-    ca_cert.write_bytes(ca.cert_pem)
-    server = issue_certificate(
-        ca, "localhost", server_names=server_names or ["localhost", "127.0.0.1", "::1"], client=True
-    )
-    write_private(server_key, server.key_pem)
-    server_cert.write_bytes(server.cert_pem)
+    # Several `serve` processes sharing a home may start at once: one creates the PKI, the others
+    # wait and then use it (without the lock each would write a CA of its own over the others').
+    with open(pki_dir / ".create-lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if ca_cert.exists() and server_cert.exists():
+            return False
+        ca = create_ca()
+        write_private(ca_key, ca.key_pem)
+        ca_cert.write_bytes(ca.cert_pem)
+        server = issue_certificate(
+            ca, "localhost", server_names=server_names or ["localhost", "127.0.0.1", "::1"], client=True
+        )
+        write_private(server_key, server.key_pem)
+        server_cert.write_bytes(server.cert_pem)
     return True
 
 

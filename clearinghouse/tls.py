@@ -104,6 +104,19 @@ def _verify_error_text(err: int) -> str:
     return texts.get(err, f"X509 verify error {err}")
 
 
+def server_context(cert_path: Path, key_path: Path) -> SSL.Context:
+    """A server context with this server's identity: TLS 1.2/1.3, BCP 195 suites, no compression or
+    renegotiation. Client authentication is the caller's to add."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_cipher_list(BCP195_TLS12_CIPHERS.encode())
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
+    ctx.use_certificate_chain_file(str(cert_path))
+    ctx.use_privatekey_file(str(key_path))
+    ctx.check_privatekey()
+    return ctx
+
+
 class ServerTLS:
     """The server's TLS identity and trust policy; ``accept`` performs a handshake on an accepted socket."""
 
@@ -115,13 +128,7 @@ class ServerTLS:
         self.policy = policy
         self._states: dict[int, _HandshakeState] = {}
         self._lock = threading.Lock()
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_cipher_list(BCP195_TLS12_CIPHERS.encode())
-        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
-        ctx.use_certificate_chain_file(str(cert_path))
-        ctx.use_privatekey_file(str(key_path))
-        ctx.check_privatekey()
+        ctx = server_context(cert_path, key_path)
         ctx.load_verify_locations(str(ca_path))
         # No client CA list is sent, so that a site whose certificate comes from its own CA
         # (imported here) still presents it.
@@ -190,6 +197,37 @@ class ServerTLS:
             hook(address, f"{host}:{port}", subject, reason)
         except Exception:  # noqa: BLE001 - auditing never changes how a connection is handled
             log.exception("TLS refusal audit hook failed")
+
+
+class BrowserTLS:
+    """TLS for people's browsers (the web console): the server authenticates itself with its
+    certificate, the client presents none; who is on the other end is settled by signing in.
+    ``accept`` has ServerTLS's shape and answers no peer."""
+
+    audit_hook: Callable[[str, str, str, str], None] | None = None
+
+    def __init__(self, cert_path: Path, key_path: Path) -> None:
+        self.context = server_context(cert_path, key_path)
+        self.context.set_session_id(b"isn-clearinghouse-console")
+
+    def accept(self, sock: socket.socket) -> tuple[TlsStream, None]:
+        try:
+            host, port = sock.getpeername()[:2]
+            address = f"{host}:{port}"
+        except OSError:
+            address = "?"
+        _set_kernel_timeouts(sock, HANDSHAKE_TIMEOUT)
+        conn = SSL.Connection(self.context, sock)
+        conn.set_accept_state()
+        try:
+            conn.do_handshake()
+        except (SSL.Error, OSError) as exc:
+            # Browsers abandon handshakes routinely (an untrusted certificate, a speculative
+            # connection): worth a debug line, not a security alert.
+            log.debug("console TLS handshake with %s failed: %s", address, _handshake_failure(exc))
+            _close_quietly(conn, sock)
+            raise TlsRefused(str(exc)) from exc
+        return TlsStream(conn, sock, address), None
 
 
 def _closed_before_hello(exc: BaseException) -> bool:

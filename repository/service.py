@@ -17,8 +17,9 @@ from clearinghouse.soap.endpoint import Operation, SoapEndpoint, SoapRequest, So
 from clearinghouse.xmlsafe import NS, qname
 from repository.imaging import XDSI, retrieve_imaging_document_set
 from repository.provide import provide_and_register
+from repository.remove import ITI86_ACTION, REQUEST_TAG, remove_documents
 from repository.retrieve import retrieve_document_set
-from repository.store import DocumentStore
+from repository.store_sealed import SealedStore
 
 log = logging.getLogger("repository")
 
@@ -47,7 +48,7 @@ class RegistryClient:
 
 
 def repository_endpoint(
-    settings: Settings, sessions: sessionmaker[Session], store: DocumentStore, registry: RegistryClient
+    settings: Settings, sessions: sessionmaker[Session], store: SealedStore, registry: RegistryClient
 ) -> SoapEndpoint:
     def provide(req: SoapRequest) -> SoapResult:
         try:
@@ -89,6 +90,13 @@ def repository_endpoint(
         log.info("RAD-69 by %s: %d instance(s)", req.peer.participant, len(result.attachments))
         return SoapResult(result.body, list(result.attachments), force_mtom=True)
 
+    def remove(req: SoapRequest) -> SoapResult:
+        body = remove_documents(
+            req.body, repository_unique_id=settings.repository_unique_id, sessions=sessions, store=store
+        )
+        log.info("ITI-86 by %s: %s", req.peer.participant, body.get("status"))
+        return SoapResult(body)
+
     return SoapEndpoint(
         "DocumentRepository",
         NS["xdsb"],
@@ -125,6 +133,17 @@ def repository_endpoint(
                 role="consumer",
                 handler=retrieve_imaging,
                 mtom=True,
+            ),
+            # RMD Document Administrator -> Document Repository (ITI TF-2b 3.86).
+            Operation(
+                name="DocumentRepository_RemoveDocuments",
+                transaction="ITI-86",
+                action=ITI86_ACTION,
+                response_action=ITI86_ACTION + "Response",
+                body_tag=REQUEST_TAG,
+                response_tag=qname("rs", "RegistryResponse"),
+                role="admin",
+                handler=remove,
             ),
         ],
         settings,

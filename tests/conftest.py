@@ -30,6 +30,8 @@ os.environ.setdefault("CLEARINGHOUSE_PIX_PORT", "0")
 # Likewise the ITI-20 syslog ports (defaults 6514 and 5514, which a host's own syslog daemon may hold).
 os.environ.setdefault("CLEARINGHOUSE_SYSLOG_TLS_PORT", "0")
 os.environ.setdefault("CLEARINGHOUSE_SYSLOG_UDP_PORT", "0")
+# And the web console's port (default 9443).
+os.environ.setdefault("CLEARINGHOUSE_CONSOLE_PORT", "0")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
@@ -113,6 +115,7 @@ def running_instance(tmp: Path, backend: str = "sqlite", **overrides: object) ->
     """A started clearinghouse on ephemeral ports with participants edge (source), phr (consumer), auditor."""
     overrides = {"syslog_tls_port": 0, "syslog_udp_port": 0, **overrides}
     overrides = {"pix_port": 0, **overrides}
+    overrides = {"console_port": 0, **overrides}
     settings = Settings(home=tmp / "home", https_port=0, feed_port=0, http_threads=8, **overrides)  # type: ignore[arg-type]
     prepare_home(settings)
     engine, cleanup = _engine_for(backend)

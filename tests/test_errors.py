@@ -149,7 +149,7 @@ def test_retrieve_partial_success_and_unknown_repository(clearinghouse):
     got = edge.retrieve(consumer, [st.unique_ids[0], "1.2.3.4.5.404"])
     rr = got.body.find("rs:RegistryResponse", NS)
     assert rr.get("status") == edge.PARTIAL
-    assert [c for c, _ in edge.errors_of(rr)] == ["XDSMissingDocument"]
+    assert [c for c, _ in edge.errors_of(rr)] == ["XDSDocumentUniqueIdError"]
     assert edge.retrieved_documents(got) == st.contents
 
     got = edge.retrieve(consumer, ["1.2.3.4.5.404"])

@@ -56,7 +56,9 @@ def wait_registry(ch, value: str, count: int, timeout: float = 10.0) -> list[hl7
             for e in admin.outbox(conn)
             if e.status != DELIVERED
         ]
-    raise AssertionError(f"not delivered: {[(e.id, e.status) for e in registry_messages(ch, value)]}; waiting: {waiting}")
+    raise AssertionError(
+        f"not delivered: {[(e.id, e.status) for e in registry_messages(ch, value)]}; waiting: {waiting}"
+    )
 
 
 def rsna_id() -> tuple[str, str]:

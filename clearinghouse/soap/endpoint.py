@@ -34,6 +34,7 @@ log = logging.getLogger("clearinghouse.soap")
 
 _REQUEST_KEY = "clearinghouse.soap_request"
 _RESULT_KEY = "clearinghouse.soap_result"
+_ACTION_KEY = "clearinghouse.soap_action"
 
 
 @dataclass
@@ -116,12 +117,19 @@ class SoapEndpoint:
     # Called after each operation with (operation, request, result or None, error or None); set by
     # the composition (clearinghouse.audit_events.Auditor.soap_operation). Must not raise.
     audit_hook: Callable[[Operation, SoapRequest, SoapResult | None, BaseException | None], None] | None = None
+    # Called for each request refused before dispatch (not XML, hostile XML, too large, wrong envelope,
+    # missing addressing, unknown action, MIME errors) with (environ, reason, transaction or ""); set by
+    # the composition (clearinghouse.audit_events.Auditor.soap_refused). Must not raise.
+    refusal_hook: Callable[[dict[str, Any], str, str], None] | None = None
 
     def __init__(self, name: str, tns: str, operations: list[Operation], settings: Settings) -> None:
         self.name = name
         self.tns = tns
         self.settings = settings
         self.operations = {op.action: op for op in operations}
+        # Further observers of each operation, same arguments as audit_hook (e.g. the conformance
+        # recorder); each is called after audit_hook and must not raise.
+        self.observers: list[Callable[[Operation, SoapRequest, SoapResult | None, BaseException | None], None]] = []
         app = Application(
             [_service_for(name, operations)],
             tns=tns,
@@ -141,6 +149,7 @@ class SoapEndpoint:
             return _plain(start_response, "405 Method Not Allowed", b"POST a SOAP 1.2 message\n")
         mtom: MtomMessage | None = None
         relates_to = None
+        dispatching = False
         try:
             mtom, root = self._read_body(environ)
             request = self._request(environ, root, mtom)
@@ -148,6 +157,7 @@ class SoapEndpoint:
             op = self.operations[request.action]
             if not request.peer.has_role(op.role):
                 raise AccessDenied(request.peer.subject, op.transaction, op.role)
+            dispatching = True
             return self._dispatch(environ, start_response, request)
         except AccessDenied as exc:
             log.warning("refused: %s", exc)
@@ -155,6 +165,8 @@ class SoapEndpoint:
             return _fault(start_response, SoapFaultError(str(exc), code="Sender", http_status=403), relates_to)
         except SoapFaultError as exc:
             log.warning("%s: SOAP fault to %s: %s", self.name, _subject(environ), exc.reason)
+            if not dispatching:  # a dispatched operation was audited by _dispatch
+                self._refused(environ, exc)
             return _fault(start_response, exc, relates_to)
         finally:
             if mtom is not None:
@@ -223,6 +235,7 @@ class SoapEndpoint:
             if must and not block.tag.startswith(f"{{{soapenv.WSA}}}"):
                 raise SoapFaultError(f"header block {block.tag} is not understood", code="MustUnderstand")
         action = soapenv.header_value(env, "Action")
+        environ[_ACTION_KEY] = action  # what a refusal's audit names, once known
         if not action:
             raise SoapFaultError("WS-Addressing Action header is required", subcode="MessageAddressingHeaderRequired")
         if action not in self.operations:
@@ -293,12 +306,21 @@ class SoapEndpoint:
 
     def _audit(self, request: SoapRequest, result: SoapResult | None, error: BaseException | None) -> None:
         hook = self.audit_hook
+        for observer in ([hook] if hook is not None else []) + self.observers:
+            try:
+                observer(self.operations[request.action], request, result, error)
+            except Exception:  # noqa: BLE001 - auditing never fails the transaction it records
+                log.exception("%s: audit hook failed", self.name)
+
+    def _refused(self, environ: dict[str, Any], exc: SoapFaultError) -> None:
+        hook = self.refusal_hook
         if hook is None:
             return
+        op = self.operations.get(environ.get(_ACTION_KEY) or "")
         try:
-            hook(self.operations[request.action], request, result, error)
-        except Exception:  # noqa: BLE001 - auditing never fails the transaction it records
-            log.exception("%s: audit hook failed", self.name)
+            hook(environ, exc.reason, op.transaction if op is not None else "")
+        except Exception:  # noqa: BLE001 - auditing never changes the answer
+            log.exception("%s: refusal audit hook failed", self.name)
 
 
 def _subject(environ: dict[str, Any]) -> str:
