@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from clearinghouse.errors import XdsError
+from clearinghouse.errors import SEVERITY_ERROR, XdsError
 from clearinghouse.xmlsafe import NS, qname
 
 STATUS_SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
@@ -23,14 +23,21 @@ def error_response(root_tag: str, error: XdsError) -> etree._Element:
     )
     errors = etree.SubElement(root, qname("rs", "RegistryErrorList"))
     for item in error.items:
-        etree.SubElement(
-            errors,
-            qname("rs", "RegistryError"),
-            errorCode=item.code,
-            codeContext=item.context,
-            location=item.location,
-            severity=item.severity,
-        )
+        add_registry_error(errors, item.code, item.context, item.location, item.severity)
     if root_tag == qname("query", "AdhocQueryResponse"):
         etree.SubElement(root, qname("rim", "RegistryObjectList"))
     return root
+
+
+def add_registry_error(
+    errors: etree._Element, code: str, context: str, location: str, severity: str = SEVERITY_ERROR
+) -> etree._Element:
+    """Append one rs:RegistryError to an rs:RegistryErrorList."""
+    return etree.SubElement(
+        errors,
+        qname("rs", "RegistryError"),
+        errorCode=code,
+        codeContext=context,
+        location=location,
+        severity=severity,
+    )

@@ -18,7 +18,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearinghouse.errors import (
-    SEVERITY_ERROR,
     RegistryErrorItem,
     XdsError,
     XDSMissingDocument,
@@ -26,6 +25,7 @@ from clearinghouse.errors import (
     XDSRepositoryMetadataError,
     XDSUnknownRepositoryId,
 )
+from clearinghouse.registry_response import add_registry_error
 from clearinghouse.soap.mtom import MtomPart, cid_href, content_id_for
 from clearinghouse.xmlsafe import NS, qname
 from repository import kos
@@ -207,17 +207,6 @@ class ImagingRetrieveResult:
     attachments: list[MtomPart]
 
 
-def _add_error(errors: etree._Element, code: str, context: str, location: str) -> None:
-    etree.SubElement(
-        errors,
-        qname("rs", "RegistryError"),
-        errorCode=code,
-        codeContext=context,
-        location=location,
-        severity=SEVERITY_ERROR,
-    )
-
-
 def _not_supported(
     uid: str, instance: DicomInstance, syntaxes: Sequence[str], reason: BaseException | None = None
 ) -> str:
@@ -256,14 +245,14 @@ def retrieve_imaging_document_set(
     errors = etree.Element(qname("rs", "RegistryErrorList"))
     attachments: list[MtomPart] = []
     for problem in problems:
-        _add_error(errors, XDSRepositoryError.code, problem, "RetrieveImagingDocumentSetRequest")
+        add_registry_error(errors, XDSRepositoryError.code, problem, "RetrieveImagingDocumentSetRequest")
     if problems:
         wanted = []
     with sessions() as session:
         for i, item in enumerate(wanted, start=1):
             uid = item.sop_instance_uid
             if item.repository_unique_id != repository_unique_id:
-                _add_error(
+                add_registry_error(
                     errors,
                     XDSUnknownRepositoryId.code,
                     f"repositoryUniqueId {item.repository_unique_id!r} is not this repository ({repository_unique_id})",
@@ -286,7 +275,7 @@ def retrieve_imaging_document_set(
                 # Every read goes through the verifying (decrypting) reader, checked before the response names it.
                 verified = store.open(found[1])
             except StoredObjectMissing:
-                _add_error(
+                add_registry_error(
                     errors,
                     XDSMissingDocument.code,
                     f"no instance {uid!r} in series {item.series_uid} of study {item.study_uid} is held here",
@@ -294,7 +283,7 @@ def retrieve_imaging_document_set(
                 )
                 continue
             except UnreadableDocument as exc:
-                _add_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
+                add_registry_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
                 continue
             instance, held = found
             source: object
@@ -304,18 +293,20 @@ def retrieve_imaging_document_set(
             else:
                 target = transcode_target(instance.transfer_syntax_uid, syntaxes)
                 if target is None:
-                    _add_error(errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes), uid)
+                    add_registry_error(errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes), uid)
                     continue
                 try:
                     plain = store.to_file(held, spool_dir)
                 except UnreadableDocument as exc:
-                    _add_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
+                    add_registry_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
                     continue
                 try:
                     copy = transcode(plain, target, spool_dir)
                 except (ValueError, NotImplementedError, RuntimeError, AttributeError, KeyError) as exc:
                     # pydicom refuses pixel data it cannot encode (e.g. RLE of 64-bit samples).
-                    _add_error(errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes, exc), uid)
+                    add_registry_error(
+                        errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes, exc), uid
+                    )
                     continue
                 finally:
                     plain.unlink(missing_ok=True)

@@ -24,7 +24,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearinghouse.db import transaction
-from clearinghouse.errors import SEVERITY_ERROR, XDSDocumentUniqueIdError, XDSRepositoryError, XDSUnknownRepositoryId
+from clearinghouse.errors import XDSDocumentUniqueIdError, XDSRepositoryError, XDSUnknownRepositoryId
+from clearinghouse.registry_response import add_registry_error
 from clearinghouse.xmlsafe import NS, qname
 from repository.models import DicomInstance, StoredDocument
 
@@ -75,17 +76,6 @@ def build_request(documents: list[DocumentRequest]) -> etree._Element:
     return root
 
 
-def _error(errors: etree._Element, code: str, context: str, location: str) -> None:
-    etree.SubElement(
-        errors,
-        qname("rs", "RegistryError"),
-        errorCode=code,
-        codeContext=context,
-        location=location,
-        severity=SEVERITY_ERROR,
-    )
-
-
 def remove_documents(
     request: etree._Element,
     *,
@@ -98,7 +88,7 @@ def remove_documents(
     response = etree.Element(qname("rs", "RegistryResponse"), nsmap={"rs": NS["rs"]})
     errors = etree.Element(qname("rs", "RegistryErrorList"))
     if not wanted or len(wanted) > MAX_DOCUMENTS_PER_REQUEST:
-        _error(
+        add_registry_error(
             errors,
             XDSRepositoryError.code,
             f"a RemoveDocumentsRequest must hold 1 to {MAX_DOCUMENTS_PER_REQUEST} DocumentRequest elements",
@@ -112,7 +102,7 @@ def remove_documents(
         for d in wanted:
             uid = d.document_unique_id
             if d.repository_unique_id != repository_unique_id:
-                _error(
+                add_registry_error(
                     errors,
                     XDSUnknownRepositoryId.code,
                     f"repositoryUniqueId {d.repository_unique_id!r} is not this repository ({repository_unique_id})",
@@ -120,14 +110,16 @@ def remove_documents(
                 )
                 continue
             if not uid:
-                _error(errors, XDSRepositoryError.code, "a DocumentRequest has no DocumentUniqueId", "DocumentRequest")
+                add_registry_error(
+                    errors, XDSRepositoryError.code, "a DocumentRequest has no DocumentUniqueId", "DocumentRequest"
+                )
                 continue
             if uid in seen:  # named twice: removed once, and the second request is not an error
                 continue
             seen.add(uid)
             held = session.scalar(select(StoredDocument).where(StoredDocument.unique_id == uid).with_for_update())
             if held is None:
-                _error(
+                add_registry_error(
                     errors,
                     XDSDocumentUniqueIdError.code,
                     f"document {uid!r} is not held by this repository (never stored, or already removed)",

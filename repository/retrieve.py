@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearinghouse.errors import (
-    SEVERITY_ERROR,
     XDSDocumentUniqueIdError,
     XDSRepositoryError,
     XDSUnknownRepositoryId,
 )
+from clearinghouse.registry_response import add_registry_error
 from clearinghouse.soap.mtom import MtomPart, cid_href, content_id_for
 from clearinghouse.xmlsafe import NS, qname
 from repository.models import StoredDocument
@@ -31,17 +31,6 @@ class RetrieveResult:
     attachments: list[MtomPart]
 
 
-def _error(errors: etree._Element, code: str, context: str, location: str) -> None:
-    etree.SubElement(
-        errors,
-        qname("rs", "RegistryError"),
-        errorCode=code,
-        codeContext=context,
-        location=location,
-        severity=SEVERITY_ERROR,
-    )
-
-
 def retrieve_document_set(
     request: etree._Element,
     *,
@@ -56,7 +45,7 @@ def retrieve_document_set(
     errors = etree.Element(qname("rs", "RegistryErrorList"))
     attachments: list[MtomPart] = []
     if not wanted or len(wanted) > MAX_DOCUMENTS_PER_REQUEST:
-        _error(
+        add_registry_error(
             errors,
             XDSRepositoryError.code,
             f"a RetrieveDocumentSetRequest must hold 1 to {MAX_DOCUMENTS_PER_REQUEST} DocumentRequest elements",
@@ -68,7 +57,7 @@ def retrieve_document_set(
             doc_id = (req.findtext("xdsb:DocumentUniqueId", namespaces=NS) or "").strip()
             hcid = (req.findtext("xdsb:HomeCommunityId", namespaces=NS) or "").strip()
             if repo_id != repository_unique_id:
-                _error(
+                add_registry_error(
                     errors,
                     XDSUnknownRepositoryId.code,
                     f"repositoryUniqueId {repo_id!r} is not this repository ({repository_unique_id})",
@@ -83,7 +72,7 @@ def retrieve_document_set(
                 source = store.open(held)
             except StoredObjectMissing:
                 # ITI TF-2b 3.43.4.2.3: a document not (or no longer) available is XDSDocumentUniqueIdError.
-                _error(
+                add_registry_error(
                     errors,
                     XDSDocumentUniqueIdError.code,
                     f"document {doc_id!r} is not held by this repository (never stored, or removed)",
@@ -91,7 +80,7 @@ def retrieve_document_set(
                 )
                 continue
             except UnreadableDocument as exc:
-                _error(errors, XDSRepositoryError.code, unreadable_context(exc), doc_id)
+                add_registry_error(errors, XDSRepositoryError.code, unreadable_context(exc), doc_id)
                 continue
             cid = content_id_for(i)
             dr = etree.SubElement(response, qname("xdsb", "DocumentResponse"))
