@@ -697,6 +697,14 @@ def delete_document_set(
     )
 
 
+def _node_or_operator(node: AuditNode, operator: Party | None) -> list[ActiveParticipant]:
+    """This node, the requestor when it acted alone; else the operator who ran the command requests it."""
+    participants = [dataclasses.replace(node.application, requestor=operator is None)]
+    if operator is not None:
+        participants.append(operator.participant(ROLE_APPLICATION_LAUNCHER, requestor=True))
+    return participants
+
+
 def purge(
     *,
     node: AuditNode,
@@ -720,9 +728,7 @@ def purge(
     as an ObjectRef), and each submission set by its uniqueId. This node is the requestor, or the
     operator (Application Launcher) who ran ``clearinghouse purge``. Purged DICOM instances are also
     reported by ``study_deleted``."""
-    participants = [dataclasses.replace(node.application, requestor=operator is None)]
-    if operator is not None:
-        participants.append(operator.participant(ROLE_APPLICATION_LAUNCHER, requestor=True))
+    participants = _node_or_operator(node, operator)
     submission_sets = [
         ParticipantObject(uid, OBJ_SYSTEM, ROLE_JOB, ID_SUBMISSION_SET, lifecycle=LIFECYCLE_PERMANENT_ERASURE)
         for uid in dict.fromkeys(submission_set_uids)
@@ -762,9 +768,7 @@ def study_deleted(
 ) -> AuditMessage:
     """DICOM Study Deleted (PS3.15 A.5.3.5, EventID 110105, action D): the DICOM instances of each study
     removed from the store (a retention purge of an imaging submission), by this node or an operator."""
-    participants = [dataclasses.replace(node.application, requestor=operator is None)]
-    if operator is not None:
-        participants.append(operator.participant(ROLE_APPLICATION_LAUNCHER, requestor=True))
+    participants = _node_or_operator(node, operator)
     studies = [
         ParticipantObject(uid, OBJ_SYSTEM, ROLE_REPORT, ID_STUDY_INSTANCE_UID, lifecycle=LIFECYCLE_PERMANENT_ERASURE)
         for uid in dict.fromkeys(study_instance_uids)
