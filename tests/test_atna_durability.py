@@ -4,19 +4,18 @@ held in the on-disk spool and drained later; a kill -9 of the server loses no re
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from atna_client import edge_export, now_tag, send_tls, wait_for
 from conftest import Identity, running_instance
 from OpenSSL import SSL
+from serve_output import keep_draining, port_of, wait_for_endpoints
 from sqlalchemy import text
 
 from atna import store
@@ -83,21 +82,9 @@ def _serve(home: Path, env: dict) -> tuple[subprocess.Popen, int]:
     args = ["serve", "--home", str(home), "--https-port", "0", "--feed-port", "0"]
     args += ["--syslog-tls-port", "0", "--syslog-udp-port", "0"]
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"serve exited: {''.join(lines)} {proc.stderr.read()}")
-        lines.append(line)
-        m = re.search(r"syslog/TLS\): syslog\+tls://\S+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-        if line.startswith("Register a participant"):
-            # Keep reading its output so that a full pipe never blocks the server.
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, port
-    raise AssertionError("serve did not start")
+    endpoints = wait_for_endpoints(proc)
+    keep_draining(proc)
+    return proc, port_of(endpoints, "syslog/TLS")
 
 
 def _stored_ids(db: Path, prefix: str) -> list[str]:

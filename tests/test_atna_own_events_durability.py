@@ -7,7 +7,6 @@ too and are sent after the restart."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import edge
 from atna_client import events_for, wait_for
 from conftest import Identity, running_instance
+from serve_output import keep_draining, port_of, wait_for_endpoints
 
 from atna.receivers import SyslogTlsServer
 from clearinghouse.mllp import MllpClient
@@ -30,21 +30,9 @@ def _serve(home: Path, env: dict, *extra: str) -> tuple[subprocess.Popen, dict[s
     args = ["serve", "--home", str(home), "--https-port", "0", "--feed-port", "0"]
     args += ["--syslog-tls-port", "0", "--syslog-udp-port", "0", *extra]
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ports: dict[str, int] = {}
-    lines, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"serve exited: {''.join(lines)} {proc.stderr.read()}")
-        lines.append(line)
-        m = re.search(r"ITI-8 patient identity feed \(MLLP/TLS\): mllp\+tls://\S+:(\d+)", line)
-        if m:
-            ports["feed"] = int(m.group(1))
-        if line.startswith("Register a participant"):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, ports
-    raise AssertionError("serve did not start")
+    endpoints = wait_for_endpoints(proc)
+    keep_draining(proc)
+    return proc, {"feed": port_of(endpoints, "ITI-8 patient identity feed")}
 
 
 def _feed_until_killed(port: int, ident: Identity, feeders: int, tag: str, stop: threading.Event) -> list[set[str]]:

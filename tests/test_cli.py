@@ -9,12 +9,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import edge
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
+from serve_output import wait_for_endpoints
 
 from clearinghouse import pki
 from clearinghouse.mllp import MllpClient
@@ -39,19 +39,6 @@ def test_rsna_id_prints_the_id_and_the_cx_patient_id():
     assert cx == f"{rsna}^^^&1.3.6.1.4.1.19376.3.840.1.1.1&ISO"
     bad = run("rsna-id", "--access-code", "abc", "--dob", "19701340", check=False)
     assert bad.returncode == 2 and "error" in bad.stderr
-
-
-def _wait_for_endpoints(proc: subprocess.Popen, timeout: float = 60) -> dict[str, str]:
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"serve exited: {''.join(lines)} {proc.stderr.read()}")
-        lines.append(line)
-        if line.startswith("Register a participant"):
-            text = "".join(lines)
-            return dict(re.findall(r"^\s+(.+?): (\S+)$", text, re.M))
-    raise AssertionError("serve did not print its endpoints")
 
 
 def _connects(port: int, ctx: ssl.SSLContext) -> bool:
@@ -113,7 +100,7 @@ def test_serve_participants_and_clean_shutdown(tmp_path):
         text=True,
     )
     try:
-        endpoints = _wait_for_endpoints(proc)
+        endpoints = wait_for_endpoints(proc)
         assert endpoints["CA certificate"] == str((home / "pki" / "ca.cert.pem").resolve())
         https_port = int(re.search(r":(\d+)/xds/registry", endpoints["ITI-42/ITI-18 registry"]).group(1))
         assert endpoints["ITI-41/ITI-43 repository"] == f"https://127.0.0.1:{https_port}/xds/repository"

@@ -32,6 +32,7 @@ import pytest
 from atna_client import EDGE_NODE, send_tls, wait_for
 from conftest import PG_URL, Identity
 from prometheus_client.parser import text_string_to_metric_families
+from serve_output import wait_for_endpoints
 from sqlalchemy import Engine, func, select, text
 
 from atna import store as atna_store
@@ -111,16 +112,9 @@ def _start(name: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=log_path.open("wb"), text=True)
 
 
-def _endpoints(node_name: str, proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> dict[str, str]:
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise AssertionError(f"{node_name} exited: {''.join(lines)}\n{log_path.read_text()[-5000:]}")
-        lines.append(line)
-        if line.startswith("Register a participant"):
-            return dict(re.findall(r"^\s+(.+?): (\S+)$", "".join(lines), re.M))
-    raise AssertionError(f"{node_name} did not print its endpoints")
+def _node(name: str, proc: subprocess.Popen, log_path: Path) -> Node:
+    endpoints = wait_for_endpoints(proc, 120, name=name, exit_detail=lambda: log_path.read_text()[-5000:])
+    return Node(name, proc, endpoints, log_path)
 
 
 @pytest.fixture
@@ -148,8 +142,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         env_b = {**env, "CLEARINGHOUSE_AUDIT_SPOOL_PATH": str(tmp / "b-spool")}
         # Started together: both migrate an empty schema and find an empty home.
         procs = [_start("a", env_a, tmp / "a.log"), _start("b", env_b, tmp / "b.log")]
-        a = Node("a", procs[0], _endpoints("a", procs[0], tmp / "a.log"), tmp / "a.log")
-        b = Node("b", procs[1], _endpoints("b", procs[1], tmp / "b.log"), tmp / "b.log")
+        a, b = (_node(name, proc, tmp / f"{name}.log") for name, proc in zip("ab", procs, strict=True))
         engine = db.make_engine(url)
         c = Cluster(tmp / "shared-home", tmp, env, a, b, {}, engine)
         c.add("edge", "source")
