@@ -24,7 +24,7 @@ from clearinghouse.metrics import PATH as METRICS_PATH
 from clearinghouse.metrics import Metrics, spool_backlog_bytes
 from clearinghouse.mllp import MllpServer
 from clearinghouse.peer import INTERNAL_REPOSITORY, INTERNAL_RETENTION
-from clearinghouse.retention import RetentionCoordinator, RetentionScheduler
+from clearinghouse.retention import ITI18_ACTION, RemoteRegistryLookup, RetentionCoordinator, RetentionScheduler
 from clearinghouse.soap.client import HttpsTransport, SoapClient, WsgiTransport
 from clearinghouse.soap.endpoint import SoapEndpoint
 from clearinghouse.tls import ServerTLS, TrustPolicy, client_context
@@ -188,7 +188,7 @@ def build(settings: Settings, *, engine: Engine | None = None, upgrade: bool = T
         syslog=audit_service.syslog_tls,
     )
     coordinator = retention_coordinator(
-        settings, sessions, repository, audit_service.auditor.emit, audit_service.auditor.node
+        settings, sessions, repository, audit_service.auditor.emit, audit_service.auditor.node, registry_client
     )
     scheduler = RetentionScheduler(coordinator, settings.retention_purge_interval_seconds)
     console = build_console(settings, engine, sessions, audit_service.auditor)
@@ -290,9 +290,12 @@ def retention_coordinator(
     repository: Callable[..., Iterable[bytes]],
     emit: Callable[[Any], None],
     node: Any,
+    registry_client: SoapClient | None = None,
 ) -> RetentionCoordinator:
     """The retention purge wired to this node's actors: the registry's purge (registry.api), the
-    repository's listing, and ITI-86 to the repository endpoint as the internal Document Administrator."""
+    repository's listing, and ITI-86 to the repository endpoint as the internal Document Administrator.
+    With a remote registry the sweep asks it by ITI-18 through ``registry_client`` (made here from the
+    settings when not given, as for `clearinghouse purge`)."""
     from registry.api import purge_expired_submissions, registered_document_unique_ids
     from repository.remove import ITI86_ACTION, DocumentRequest, build_request, held_before
 
@@ -309,9 +312,31 @@ def retention_coordinator(
             sessions, settings, now=now, limit=limit, dry_run=dry_run
         ),
         # With a remote registry this node's registry tables are not the ones that name the documents.
-        registered=None if settings.registry_url else (lambda uids: registered_document_unique_ids(sessions, uids)),
+        registered=(
+            _remote_lookup(settings, registry_client, emit, node)
+            if settings.registry_url
+            else (lambda uids: registered_document_unique_ids(sessions, uids))
+        ),
         held_before=lambda cutoff, after, limit: held_before(sessions, cutoff, after=after, limit=limit),
         remove_documents=remove_documents,
         emit=emit,
         node=node,
     )
+
+
+def _remote_lookup(
+    settings: Settings, client: SoapClient | None, emit: Callable[[Any], None], node: Any
+) -> RemoteRegistryLookup:
+    """The sweep's question to a remote registry: ITI-18 GetDocuments, with this node's client identity
+    (which the registry must know with the consumer role besides source)."""
+    if client is None:
+        ca = settings.registry_ca or settings.ca_cert_path
+        context = client_context(ca, settings.client_cert, settings.client_key)
+        client = SoapClient(HttpsTransport(settings.registry_url, context), settings.spool_dir)
+
+    def query(request: Any) -> Any:
+        reply = client.call(ITI18_ACTION, request)
+        reply.close()
+        return reply.body
+
+    return RemoteRegistryLookup(query, url=settings.registry_url, emit=emit, node=node)

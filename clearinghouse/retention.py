@@ -16,7 +16,8 @@ One run, for a given instant ``now``:
 
 The actors stay separate: the composition (clearinghouse.app) hands the coordinator the registry's
 purge and lookup functions (registry.api), the repository's listing (repository.remove) and an
-ITI-86 client of the repository's SOAP endpoint.
+ITI-86 client of the repository's SOAP endpoint. With a remote registry (``registry_url``) the lookup
+is ``RemoteRegistryLookup``: ITI-18 GetDocuments by uniqueId, the interface any XDS registry offers.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from lxml import etree
 
 from clearinghouse import audit
 from clearinghouse.audit import AuditMessage, AuditNode, Party
 from clearinghouse.config import Settings
-from clearinghouse.xmlsafe import NS
+from clearinghouse.xmlsafe import NS, qname
 
 log = logging.getLogger("clearinghouse.retention")
 
@@ -41,6 +43,20 @@ STATUS_SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 # Answer of ITI-86 for a document the repository no longer holds: already gone, which is what we want.
 ALREADY_GONE = "XDSDocumentUniqueIdError"
 ITI86_BATCH = 1000
+
+
+# ITI-18 GetDocuments (ITI TF-2a 3.18.4.1.2.3.7.5) and the DocumentEntry.uniqueId identification scheme.
+ITI18_ACTION = "urn:ihe:iti:2007:RegistryStoredQuery"
+GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
+DOCUMENT_ENTRY_UNIQUE_ID = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
+# Refusals of a GetDocuments naming many documents that a smaller one avoids: documents of several
+# patients in one answer (this clearinghouse's registry refuses it), more than the registry returns.
+SPLIT_ON = frozenset({"XDSResultNotSinglePatient", "XDSTooManyResults"})
+ITI18_BATCH = 100
+
+
+class RegistryLookupFailed(Exception):
+    """The registry did not say which documents it names: the sweep removes nothing on a guess."""
 
 
 class PurgedDocumentLike(Protocol):
@@ -110,6 +126,112 @@ def _errors_of(response: etree._Element) -> list[tuple[str, str, str]]:
         (e.get("errorCode", ""), e.get("location", ""), e.get("codeContext", ""))
         for e in response.iter(f"{{{NS['rs']}}}RegistryError")
     ]
+
+
+def get_documents_request(unique_ids: Sequence[str]) -> etree._Element:
+    """ITI-18 GetDocuments by $XDSDocumentEntryUniqueId, answered as LeafClass (ObjectRefs carry no
+    uniqueId, and the answer must say which of several were found)."""
+    request = etree.Element(qname("query", "AdhocQueryRequest"), nsmap={"query": NS["query"], "rim": NS["rim"]})
+    etree.SubElement(request, qname("query", "ResponseOption"), returnType="LeafClass", returnComposedObjects="true")
+    adhoc = etree.SubElement(request, qname("rim", "AdhocQuery"), id=GET_DOCUMENTS)
+    slot = etree.SubElement(adhoc, qname("rim", "Slot"), name="$XDSDocumentEntryUniqueId")
+    values = etree.SubElement(slot, qname("rim", "ValueList"))
+    for uid in unique_ids:
+        # ITI TF-2a 3.18.4.1.2.3.5: a multi-valued parameter is ('a','b'); a quote is doubled.
+        etree.SubElement(values, qname("rim", "Value")).text = "('" + uid.replace("'", "''") + "')"
+    return request
+
+
+def found_unique_ids(response: etree._Element) -> set[str]:
+    """The uniqueIds of the DocumentEntries of a LeafClass ITI-18 answer."""
+    return {
+        ei.get("value", "").strip()
+        for eo in response.iter(qname("rim", "ExtrinsicObject"))
+        for ei in eo.findall("rim:ExternalIdentifier", NS)
+        if ei.get("identificationScheme") == DOCUMENT_ENTRY_UNIQUE_ID
+    }
+
+
+class RemoteRegistryLookup:
+    """``Registered`` through a registry in another process: ITI-18 GetDocuments by uniqueId.
+
+    A batch the registry refuses as a whole for spanning patients or results (SPLIT_ON) is halved
+    until it answers; documents are listed by uniqueId, so a study's instances sit together and
+    most batches name one patient. A single uniqueId still refused as spanning patients is named
+    by DocumentEntries of two patients, so it is registered. Any other answer than Success (an
+    error, a fault, no connection) raises RegistryLookupFailed: the sweep then removes nothing.
+    Each query is audited as the Document Consumer's ITI-18 (the registry audits its side).
+    """
+
+    def __init__(
+        self,
+        query: Callable[[etree._Element], etree._Element],
+        *,
+        url: str,
+        emit: Callable[[AuditMessage], None],
+        node: AuditNode,
+        batch: int = ITI18_BATCH,
+    ) -> None:
+        self.query = query
+        self.url = url
+        self.emit = emit
+        self.node = node
+        self.batch = max(1, batch)
+        self.queries = 0
+
+    def __call__(self, unique_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(unique_ids), self.batch):
+            found |= self._lookup(unique_ids[i : i + self.batch])
+        return found
+
+    def _lookup(self, unique_ids: list[str]) -> set[str]:
+        response = self._ask(unique_ids)
+        status = response.get("status", "")
+        errors = _errors_of(response)
+        if status == STATUS_SUCCESS:  # warnings may come with it; the answer is complete
+            return found_unique_ids(response) & set(unique_ids)
+        codes = {code for code, _, _ in errors}
+        if codes and codes <= SPLIT_ON:
+            if len(unique_ids) > 1:
+                half = len(unique_ids) // 2
+                return self._lookup(unique_ids[:half]) | self._lookup(unique_ids[half:])
+            if codes == {"XDSResultNotSinglePatient"}:
+                return set(unique_ids)
+        detail = "; ".join(f"{c}: {ctx}" for c, _, ctx in errors) or f"status {status or 'missing'}"
+        raise RegistryLookupFailed(f"ITI-18 GetDocuments to {self.url} answered {detail}")
+
+    def _ask(self, unique_ids: list[str]) -> etree._Element:
+        request = get_documents_request(unique_ids)
+        self.queries += 1
+        try:
+            response = self.query(request)
+        except Exception as exc:
+            self._audit(request, audit.MAJOR_FAILURE, f"{exc}" or type(exc).__name__)
+            raise RegistryLookupFailed(f"ITI-18 GetDocuments to {self.url} failed: {exc}") from exc
+        ok = response.get("status") == STATUS_SUCCESS
+        self._audit(request, audit.SUCCESS if ok else audit.MINOR_FAILURE, "" if ok else response.get("status", ""))
+        return response
+
+    def _audit(self, request: etree._Element, outcome: int, description: str) -> None:
+        try:
+            self.emit(
+                audit.registry_stored_query(
+                    node=self.node,
+                    consumer=Party(
+                        f"{self.node.app_name}@{self.node.hostname}/retention",
+                        self.node.hostname,
+                        alt_user_id=self.node.process_id,
+                    ),
+                    registry=Party(self.url, urlsplit(self.url).hostname or ""),
+                    query_id=GET_DOCUMENTS,
+                    query=etree.tostring(request),
+                    outcome=outcome,
+                    outcome_description=description,
+                )
+            )
+        except Exception:  # noqa: BLE001 - auditing never stops the sweep; the audit layer logs its own failures
+            log.exception("retention sweep: the ITI-18 audit event could not be emitted")
 
 
 class RetentionCoordinator:
@@ -202,7 +324,13 @@ class RetentionCoordinator:
             page = self.held_before(cutoff, after, ITI86_BATCH)
             if not page:
                 return
-            still = self.registered(page)
+            try:
+                still = self.registered(page)
+            except RegistryLookupFailed as exc:
+                # Nothing is removed on a guess; the next run asks again.
+                log.error("retention sweep stopped: %s", exc)
+                report.errors.append(f"sweep: {exc}")
+                return
             unreferenced = [u for u in page if u not in still]
             if unreferenced:
                 log.info("retention sweep: %d stored document(s) no DocumentEntry names", len(unreferenced))

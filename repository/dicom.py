@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -65,8 +66,9 @@ class NotDicom(ValueError):
     """The bytes are not a DICOM Part 10 file with the identifying UIDs."""
 
 
-def read_dataset(path: Path, *, pixels: bool = False) -> Dataset:
-    """The file as a pydicom Dataset; NotDicom when it is not a DICOM Part 10 file."""
+def read_dataset(path: Path | BinaryIO, *, pixels: bool = False) -> Dataset:
+    """The file (a path or a seekable binary file object) as a pydicom Dataset; NotDicom when it is
+    not a DICOM Part 10 file."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=not pixels)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
@@ -117,7 +119,26 @@ def transcode(path: Path, transfer_syntax_uid: str, spool_dir: Path) -> Path:
     """A copy of the instance at ``path`` encoded in ``transfer_syntax_uid``, written to a new 0600
     file in ``spool_dir``; the caller deletes it. ValueError when pydicom alone cannot do it
     (see ``can_transcode``)."""
-    ds = pydicom.dcmread(path)
+    ds = _reencoded(pydicom.dcmread(path), transfer_syntax_uid)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=spool_dir, prefix="rad69-", suffix=".dcm")
+    os.close(fd)
+    try:
+        ds.save_as(name, enforce_file_format=True)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def transcode_stream(source: BinaryIO, transfer_syntax_uid: str, out: BinaryIO) -> None:
+    """``transcode`` between file objects: the instance read from ``source`` (seekable), encoded in
+    ``transfer_syntax_uid``, written to ``out`` (a sealed spool writer, so no plaintext copy is
+    on disk). ValueError as ``transcode``."""
+    _reencoded(pydicom.dcmread(source), transfer_syntax_uid).save_as(out, enforce_file_format=True)
+
+
+def _reencoded(ds: Dataset, transfer_syntax_uid: str) -> Dataset:
     stored = str(ds.file_meta.TransferSyntaxUID)
     if not can_transcode(stored, transfer_syntax_uid):
         raise ValueError(f"cannot re-encode an instance stored in {stored} in {transfer_syntax_uid}")
@@ -128,12 +149,4 @@ def transcode(path: Path, transfer_syntax_uid: str, spool_dir: Path) -> Path:
         # Lossless: the same instance, so the same SOP Instance UID (pydicom would make a new one).
         ds.compress(RLE_LOSSLESS, encoding_plugin="pydicom", generate_instance_uid=False)
     ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=spool_dir, prefix="rad69-", suffix=".dcm")
-    os.close(fd)
-    try:
-        ds.save_as(name, enforce_file_format=True)
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Path(name)
+    return ds

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lxml import etree
 from sqlalchemy import select
@@ -27,9 +28,10 @@ from clearinghouse.errors import (
 )
 from clearinghouse.registry_response import add_registry_error
 from clearinghouse.soap.mtom import MtomPart, cid_href, content_id_for
+from clearinghouse.soap.spool import SpoolFile, SpoolWriter, iter_plaintext
 from clearinghouse.xmlsafe import NS, qname
 from repository import kos
-from repository.dicom import InstanceInfo, NotDicom, instance_info, read_dataset, transcode, transcode_target
+from repository.dicom import InstanceInfo, NotDicom, instance_info, read_dataset, transcode_stream, transcode_target
 from repository.models import DicomInstance, StoredDocument
 from repository.retrieve import unreadable_context
 from repository.store import StoredObjectMissing
@@ -61,6 +63,11 @@ class SubmittedDocument:
     mime_type: str
     path: Path
     extrinsic: etree._Element
+    spool: SpoolFile | None = None  # the sealed spool file holding ``path``'s content, when sealed
+
+    def open(self) -> BinaryIO:
+        """The plaintext content (seekable), whether the spool file is sealed or not."""
+        return self.spool.open() if self.spool is not None else open(self.path, "rb")  # type: ignore[return-value]
 
     @property
     def is_manifest(self) -> bool:
@@ -105,7 +112,8 @@ def check_imaging_submission(
         if doc.mime_type != DICOM_MIME_TYPE and not doc.is_manifest:
             continue
         try:
-            ds = read_dataset(doc.path)
+            with doc.open() as fh:
+                ds = read_dataset(fh)
             instances[doc.unique_id] = instance_info(ds)
             datasets[doc.unique_id] = ds
         except NotDicom as exc:
@@ -219,13 +227,38 @@ def _not_supported(
     )
 
 
-def _streamed_then_deleted(path: Path) -> Iterator[bytes]:
+def _streamed_then_deleted(spool: SpoolFile) -> Iterator[bytes]:
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                yield block
+        yield from iter_plaintext(spool)
     finally:
-        path.unlink(missing_ok=True)
+        spool.path.unlink(missing_ok=True)
+
+
+def _sealed_reencoded(store: SealedStore, held: StoredDocument, target: str, spool_dir: Path) -> SpoolFile:
+    """The instance re-encoded in ``target``, as a sealed spool file (the caller deletes it).
+
+    pydicom reads a file out of order, so the verified plaintext goes to a sealed spool first; both
+    that copy and the re-encoded one are sealed under keys held only in memory, so no plaintext of
+    the instance is ever on disk (docs/storage.md). UnreadableDocument, or ValueError and the other
+    errors of ``transcode_stream``."""
+    source = SpoolWriter(spool_dir, prefix="rad69-in-")
+    try:
+        with source:
+            for block in store.plaintext(held):
+                source.write(block)
+        assert source.spool is not None
+        out = SpoolWriter(spool_dir, prefix="rad69-")
+        try:
+            with source.spool.open() as fh:
+                transcode_stream(fh, target, out)  # type: ignore[arg-type]
+            out.close()
+        except BaseException:
+            out.discard()
+            raise
+        assert out.spool is not None
+        return out.spool
+    finally:
+        source.discard()
 
 
 def retrieve_imaging_document_set(
@@ -296,21 +329,17 @@ def retrieve_imaging_document_set(
                     add_registry_error(errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes), uid)
                     continue
                 try:
-                    plain = store.to_file(held, spool_dir)
+                    copy = _sealed_reencoded(store, held, target, spool_dir)
                 except UnreadableDocument as exc:
                     add_registry_error(errors, XDSRepositoryError.code, unreadable_context(exc), uid)
                     continue
-                try:
-                    copy = transcode(plain, target, spool_dir)
                 except (ValueError, NotImplementedError, RuntimeError, AttributeError, KeyError) as exc:
                     # pydicom refuses pixel data it cannot encode (e.g. RLE of 64-bit samples).
                     add_registry_error(
                         errors, XDSRepositoryError.code, _not_supported(uid, instance, syntaxes, exc), uid
                     )
                     continue
-                finally:
-                    plain.unlink(missing_ok=True)
-                size = copy.stat().st_size
+                size = copy.size
                 part_source = lambda p=copy: _streamed_then_deleted(p)  # noqa: E731 - bound per part
             source = part_source
             cid = content_id_for(i)

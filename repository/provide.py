@@ -12,8 +12,6 @@ import binascii
 import datetime as dt
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from clearinghouse.errors import (
     XDSRepositoryMetadataError,
 )
 from clearinghouse.soap.mtom import MtomMessage, is_xop_include
+from clearinghouse.soap.spool import SpoolFile, SpoolWriter
 from clearinghouse.xmlsafe import NS, qname
 from repository.imaging import SubmittedDocument, check_imaging_submission, index_rows
 from repository.models import DicomInstance, StoredDocument
@@ -60,6 +59,8 @@ class IncomingDocument:
     size: int
     sha1: str
     extrinsic: etree._Element
+    # The sealed spool file (its key in memory only); None only for a plaintext file.
+    spool: SpoolFile | None = None
 
 
 def _slot_values(obj: etree._Element, name: str) -> list[str]:
@@ -83,14 +84,14 @@ def _unique_id(obj: etree._Element) -> str:
     return ""
 
 
-def _spool_inline(text: str, spool_dir: Path, limit: int) -> tuple[Path, int, str]:
-    """Decode inline base64 content to a spool file, computing size and SHA-1 as it goes."""
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=spool_dir, prefix="inline-")
+def _spool_inline(text: str, spool_dir: Path, limit: int) -> tuple[Path, int, str, SpoolFile]:
+    """Decode inline base64 content to a sealed spool file, computing size and SHA-1 as it goes."""
+    fh = SpoolWriter(spool_dir, prefix="inline-")
+    name = fh.path
     sha, size = hashlib.sha1(), 0
     compact = "".join(text.split())
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with fh:
             step = 4 * 65536
             for i in range(0, len(compact), step):
                 block = base64.b64decode(compact[i : i + step], validate=True)
@@ -100,12 +101,13 @@ def _spool_inline(text: str, spool_dir: Path, limit: int) -> tuple[Path, int, st
                 sha.update(block)
                 fh.write(block)
     except (binascii.Error, ValueError) as exc:
-        os.unlink(name)
+        fh.discard()
         raise XDSRepositoryError(f"Document content is not valid base64: {exc}") from exc
     except BaseException:
-        os.unlink(name)
+        fh.discard()
         raise
-    return Path(name), size, sha.hexdigest()
+    assert fh.spool is not None
+    return name, size, sha.hexdigest(), fh.spool
 
 
 def collect_documents(
@@ -153,10 +155,14 @@ def collect_documents(
                     att = mtom.resolve_cid(includes[0].get("href", ""))
                 except (KeyError, ValueError) as exc:
                     raise XDSRepositoryError(f"Document {eid!r}: {exc}") from exc
-                path, size, sha1 = att.claim(), att.size, att.sha1
+                path, size, sha1, spool = att.claim(), att.size, att.sha1, att.spool
             else:
-                path, size, sha1 = _spool_inline(doc.text or "", settings.spool_dir, settings.max_inline_document_bytes)
-            incoming.append(IncomingDocument(eid, _unique_id(eo), eo.get("mimeType", ""), path, size, sha1, eo))
+                path, size, sha1, spool = _spool_inline(
+                    doc.text or "", settings.spool_dir, settings.max_inline_document_bytes
+                )
+            incoming.append(
+                IncomingDocument(eid, _unique_id(eo), eo.get("mimeType", ""), path, size, sha1, eo, spool=spool)
+            )
     except BaseException:
         for doc_ in incoming:
             doc_.path.unlink(missing_ok=True)
@@ -256,7 +262,10 @@ def provide_and_register(
         now = dt.datetime.now(dt.UTC)
         with transaction(sessions) as session:
             instances = check_imaging_submission(
-                [SubmittedDocument(d.entry_id, d.unique_id, d.mime_type, d.path, d.extrinsic) for d in documents],
+                [
+                    SubmittedDocument(d.entry_id, d.unique_id, d.mime_type, d.path, d.extrinsic, spool=d.spool)
+                    for d in documents
+                ],
                 session,
                 settings.repository_unique_id,
             )
@@ -265,7 +274,7 @@ def provide_and_register(
             # written, so the transaction holds no write lock (SQLite: the database's) meanwhile.
             held = {}
             for d in fresh:
-                held[d.unique_id] = at_rest = store.put(d.path, d.size)
+                held[d.unique_id] = at_rest = store.put(d.path, d.size, spool=d.spool)
                 stored.append((d.unique_id, at_rest.key))
             for d in fresh:
                 at_rest = held[d.unique_id]

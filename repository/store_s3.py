@@ -98,6 +98,49 @@ def _client(settings: Settings) -> Minio:
     )
 
 
+# Answers to CreateBucket when the bucket appeared meanwhile. S3 answers BucketAlreadyOwnedByYou when
+# it is ours (outside us-east-1); BucketAlreadyExists means "someone's" and some S3-compatible services
+# say it for our own bucket too, so that one is taken as success only once a HEAD shows we can use it.
+ALREADY_OURS = "BucketAlreadyOwnedByYou"
+ALREADY_SOMEONES = "BucketAlreadyExists"
+
+
+class BucketUnavailable(RuntimeError):
+    """The bucket exists but belongs to someone else (or these credentials may not use it)."""
+
+
+def _usable(client: Minio, bucket: str) -> bool:
+    try:
+        return client.bucket_exists(bucket)
+    except S3Error:  # AccessDenied: another account's bucket
+        return False
+
+
+def ensure_bucket(client: Minio, bucket: str, region: str | None) -> bool:
+    """Create ``bucket`` unless it exists; True when this call created it.
+
+    Idempotent, so that several processes starting at once on an empty store all succeed: the HEAD
+    first keeps credentials without s3:CreateBucket working on a bucket made beforehand, and a
+    CreateBucket lost to a concurrent one is success when the bucket is ours.
+    """
+    if client.bucket_exists(bucket):
+        return False
+    log.info("creating bucket %s", bucket)
+    try:
+        client.make_bucket(bucket, location=region)
+    except S3Error as exc:
+        if exc.code == ALREADY_OURS:
+            log.info("bucket %s was created meanwhile by another process", bucket)
+            return False
+        if exc.code == ALREADY_SOMEONES and _usable(client, bucket):
+            log.info("bucket %s was created meanwhile by another process", bucket)
+            return False
+        if exc.code == ALREADY_SOMEONES:
+            raise BucketUnavailable(f"bucket {bucket!r} exists and is not usable with these credentials") from exc
+        raise
+    return True
+
+
 class S3Store:
     """Documents as objects ``PREFIX/ab/KEY`` in one bucket (created on first start when absent)."""
 
@@ -105,10 +148,7 @@ class S3Store:
         self.location = S3Location.parse(settings.store_url)
         self.client = _client(settings)
         self.part_size = settings.s3_part_size
-        bucket = self.location.bucket
-        if not self.client.bucket_exists(bucket):
-            log.info("creating bucket %s", bucket)
-            self.client.make_bucket(bucket, location=settings.s3_region or None)
+        ensure_bucket(self.client, self.location.bucket, settings.s3_region or None)
 
     def _name(self, key: str) -> str:
         check_key(key)

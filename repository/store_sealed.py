@@ -26,6 +26,7 @@ from pathlib import Path
 
 from clearinghouse import audit
 from clearinghouse.config import Settings
+from clearinghouse.soap.spool import SpoolFile, iter_plaintext
 from repository import crypto
 from repository.keys import DekUnwrapFailed, KeyConfigError, KeyRing, UnknownKek, load_key_ring
 from repository.models import StoredDocument
@@ -115,14 +116,20 @@ class SealedStore:
 
     # --- writing ---
 
-    def put(self, source: Path, size: int) -> AtRest:
-        """Store the ``size``-byte plaintext file at ``source`` (consumed) and say how it is held."""
-        if not self.encrypt:
+    def put(self, source: Path, size: int, *, spool: SpoolFile | None = None) -> AtRest:
+        """Store the ``size``-byte document at ``source`` (consumed) and say how it is held: a
+        plaintext file, or the sealed spool file ``spool`` (read through its in-memory key)."""
+        if not self.encrypt and spool is None:
             return AtRest(self.store.put(source), crypto.PLAINTEXT, None, None)
+        if not self.encrypt:
+            assert spool is not None
+            key = self.store.put_stream(iter_plaintext(spool), size)
+            source.unlink(missing_ok=True)
+            return AtRest(key, crypto.PLAINTEXT, None, None)
         assert self.ring is not None
         dek = crypto.new_dek()
         kek_id, wrapped = self.ring.wrap(dek)
-        with open(source, "rb") as fh:
+        with spool.open() if spool is not None else open(source, "rb") as fh:
             key = self.store.put_stream(crypto.seal(fh, size, dek), crypto.sealed_size(size))
         source.unlink(missing_ok=True)
         return AtRest(key, crypto.SCHEME, kek_id, wrapped)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
-from spyne import AnyXml, Application, ServiceBase, rpc
+from spyne import AnyXml, Application, ServiceBase, const, rpc
 from spyne.protocol.soap import Soap12
 from spyne.server.wsgi import WsgiApplication
 
@@ -32,9 +32,18 @@ from clearinghouse.xmlsafe import NS, XmlRejected, parse_xml
 
 log = logging.getLogger("clearinghouse.soap")
 
+# spyne ends a request with a full gc.collect() at most once per MIN_GC_INTERVAL seconds (to release
+# file descriptors held by garbage): a pause of 100+ ms that some request pays every second. Files
+# here are closed explicitly (MtomMessage.close), so Python's own generational collection suffices.
+const.MIN_GC_INTERVAL = float("inf")
+
 _REQUEST_KEY = "clearinghouse.soap_request"
 _RESULT_KEY = "clearinghouse.soap_result"
 _ACTION_KEY = "clearinghouse.soap_action"
+# soapenv.envelope binds the SOAP namespace to the prefix "s".
+_EMPTY_BODY, _BODY_OPEN, _BODY_CLOSE = b"<s:Body/>", b"<s:Body>", b"</s:Body>"
+# Depth bound when an observer asks for a pre-serialised body as an element (written by us, but bounded anyway).
+_MAX_DEPTH = 256
 
 
 @dataclass
@@ -54,6 +63,16 @@ class SoapResult:
     # (content_id, content_type, source) parts for an MTOM response; see MtomWriter.
     attachments: list[tuple[str, str, Any]] = field(default_factory=list)
     force_mtom: bool = False
+    # The body already serialised (UTF-8, no XML declaration), sent as is in place of ``body``, which
+    # then holds only the response element's outline (its tag and status) for audit and metrics: an
+    # ITI-18 answer spliced from stored XML is not parsed only to be serialised again.
+    body_xml: bytes | None = None
+
+    def document(self) -> etree._Element:
+        """The whole body as an element (parses ``body_xml`` when the body travels serialised)."""
+        if self.body_xml is None:
+            return self.body
+        return parse_xml(self.body_xml, max_bytes=len(self.body_xml), max_depth=_MAX_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -91,8 +110,20 @@ class _IheSoap12(Soap12):
         request: SoapRequest = ctx.transport.req_env[_REQUEST_KEY]
         result: SoapResult = ctx.transport.req_env[_RESULT_KEY]
         op = self._by_action[request.action]
-        ctx.out_document = soapenv.envelope(result.body, action=op.response_action, relates_to=request.message_id)
+        body = None if result.body_xml is not None else result.body
+        ctx.out_document = soapenv.envelope(body, action=op.response_action, relates_to=request.message_id)
         return None
+
+    def create_out_string(self, ctx: Any, charset: str | None = None) -> None:
+        super().create_out_string(ctx, charset)
+        result: SoapResult | None = ctx.transport.req_env.get(_RESULT_KEY)
+        if ctx.out_error is not None or result is None or result.body_xml is None:
+            return
+        # The envelope was serialised with an empty Body; the pre-serialised body goes inside it.
+        head, empty, tail = b"".join(ctx.out_string).rpartition(_EMPTY_BODY)
+        if not empty:
+            raise RuntimeError("serialised envelope has no empty Body to fill")
+        ctx.out_string = [head, _BODY_OPEN, result.body_xml, _BODY_CLOSE, tail]
 
 
 def _service_for(name: str, operations: list[Operation]) -> type[ServiceBase]:
@@ -194,6 +225,7 @@ class SoapEndpoint:
                     s.spool_dir,
                     max_root_bytes=s.max_envelope_bytes,
                     max_total_bytes=s.max_request_bytes,
+                    seal=True,  # documents in flight are never plaintext on disk (docs/storage.md)
                 )
             except MtomError as exc:
                 raise SoapFaultError(f"malformed MTOM/XOP message: {exc}", http_status=exc.http_status) from exc

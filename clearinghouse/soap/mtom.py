@@ -6,7 +6,9 @@ MIME part itself:
 
 * ``parse_multipart_related`` reads a ``multipart/related`` body incrementally, keeps
   only the root (SOAP envelope) part in memory and streams every attachment to a spool
-  file while hashing it (SHA-1, as XDS metadata wants) and counting its size.
+  file while hashing it (SHA-1, as XDS metadata wants) and counting its size. With
+  ``seal=True`` (a server receiving documents) the spool file is sealed under a key held
+  only in memory (clearinghouse.soap.spool), so no document byte is on disk in plaintext.
 * ``MtomWriter`` produces such a body as an iterable of byte chunks with an exact
   Content-Length, streaming attachments from disk (or any chunk iterator).
 
@@ -37,6 +39,7 @@ from urllib.parse import quote, unquote
 from lxml import etree
 
 from clearinghouse.errors import SoapFaultError
+from clearinghouse.soap.spool import SpoolFile, SpoolWriter
 
 XOP_NS = "http://www.w3.org/2004/08/xop/include"
 XOP_INCLUDE = f"{{{XOP_NS}}}Include"
@@ -157,7 +160,8 @@ def normalize_content_id(raw: str) -> str:
 @dataclass(eq=False)
 class Attachment:
     """One non-root MIME part, spooled to ``path`` (mode 0600) and deleted by
-    ``MtomMessage.close()`` unless ``claim()`` was called."""
+    ``MtomMessage.close()`` unless ``claim()`` was called. When ``key`` is set the file is
+    sealed (clearinghouse.soap.spool) and only ``open()`` / ``spool`` read its content."""
 
     content_id: str
     content_type: str
@@ -166,20 +170,31 @@ class Attachment:
     sha1: str
     claimed: bool = False
     discarded: bool = field(default=False, repr=False)
+    key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def spool(self) -> SpoolFile | None:
+        """The sealed spool file with its key; None for a plaintext spool (a client's download)."""
+        return SpoolFile(self.path, self.key, self.size) if self.key is not None else None
 
     def claim(self) -> Path:
-        """Take the spool file over: the caller now owns it (typically moves it into the store)."""
+        """Take the spool file over: the caller now owns it (typically moves it into the store;
+        a sealed one is read through ``open()`` or ``spool`` until the caller deletes it)."""
         if self.discarded:
             raise MtomError(f"attachment <{self.content_id}> was already discarded")
         self.claimed = True
         return self.path
 
     def open(self) -> BinaryIO:
+        """The plaintext content as a (seekable) binary file object."""
+        if self.key is not None:
+            return SpoolFile(self.path, self.key, self.size).open()  # type: ignore[return-value]
         return open(self.path, "rb")
 
     def read_bytes(self) -> bytes:
         """Whole content in memory: only for small parts (tests, small clients)."""
-        return self.path.read_bytes()
+        with self.open() as fh:
+            return fh.read()
 
     def _discard(self) -> None:
         if self.claimed or self.discarded:
@@ -249,11 +264,16 @@ class _MemorySink:
 
 
 class _SpoolSink:
-    def __init__(self, spool_dir: Path, created: list[Path]) -> None:
-        fd, name = tempfile.mkstemp(prefix="mtom-", suffix=".part", dir=spool_dir)
-        self.path = Path(name)
+    def __init__(self, spool_dir: Path, created: list[Path], *, seal: bool) -> None:
+        self.file: BinaryIO | SpoolWriter
+        if seal:
+            self.file = SpoolWriter(spool_dir, prefix="mtom-", suffix=".sealed")
+            self.path = self.file.path
+        else:
+            fd, name = tempfile.mkstemp(prefix="mtom-", suffix=".part", dir=spool_dir)
+            self.path = Path(name)
+            self.file = os.fdopen(fd, "wb")
         created.append(self.path)  # recorded before anything can fail, so cleanup sees it
-        self.file = os.fdopen(fd, "wb")
         # SHA-1 because XDS metadata (the 'hash' slot) is defined as SHA-1, not for security.
         self.sha1 = hashlib.sha1(usedforsecurity=False)
         self.size = 0
@@ -263,8 +283,12 @@ class _SpoolSink:
         self.sha1.update(data)
         self.size += len(data)
 
-    def close(self) -> None:
+    def close(self) -> bytes | None:
+        """Close the file; the key of a sealed spool (None for plaintext)."""
         self.file.close()
+        if isinstance(self.file, SpoolWriter) and self.file.spool is not None:
+            return self.file.spool.key
+        return None
 
 
 class _Base64Decoder:
@@ -313,6 +337,7 @@ class _MultipartParser:
         max_root_bytes: int,
         max_header_bytes: int,
         max_parts: int,
+        seal: bool = False,
     ) -> None:
         self.boundary = boundary
         # Matching "\n--boundary" and treating a preceding CR as part of the delimiter
@@ -321,6 +346,7 @@ class _MultipartParser:
         self.start_cid = start_cid
         self.default_root_type = default_root_type
         self.spool_dir = spool_dir
+        self.seal = seal
         self.max_root_bytes = max_root_bytes
         self.max_header_bytes = max_header_bytes
         self.max_parts = max_parts
@@ -523,7 +549,7 @@ class _MultipartParser:
             self.cur_sink = _MemorySink(self.max_root_bytes)
         else:
             self.cur_type = headers.get("content-type", "").strip() or DEFAULT_ATTACHMENT_TYPE
-            self.cur_sink = _SpoolSink(self.spool_dir, self.created)
+            self.cur_sink = _SpoolSink(self.spool_dir, self.created, seal=self.seal)
         if encoding == "base64":
             self.cur_decoder = _Base64Decoder(self.cur_sink, self.cur_label)
             self.cur_writer = self.cur_decoder
@@ -540,13 +566,14 @@ class _MultipartParser:
             self.root_type = self.cur_type
             self.root_cid = self.cur_cid
         elif isinstance(sink, _SpoolSink):
-            sink.close()
+            key = sink.close()
             self.attachments[self.cur_cid] = Attachment(
                 content_id=self.cur_cid,
                 content_type=self.cur_type,
                 path=sink.path,
                 size=sink.size,
                 sha1=sink.sha1.hexdigest(),
+                key=key,
             )
         self.cur_sink = self.cur_writer = self.cur_decoder = None
 
@@ -590,14 +617,16 @@ def parse_multipart_related(
     chunk_size: int = DEFAULT_CHUNK,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     max_parts: int = DEFAULT_MAX_PARTS,
+    seal: bool = False,
 ) -> MtomMessage:
     """Parse a ``multipart/related`` (MTOM/XOP) body read incrementally from ``stream``.
 
     ``content_type`` is the HTTP Content-Type header value. The root part (named by the
     ``start`` parameter, else the first part) is kept in memory up to ``max_root_bytes``;
     every other part is streamed to a new 0600 file in ``spool_dir``. At most
-    ``max_total_bytes`` are read. Raises MtomError on malformed input or exceeded limits,
-    after deleting every spool file it created.
+    ``max_total_bytes`` are read. ``seal``: spool files are sealed under a per-file key
+    kept in memory (``Attachment.key``), never plaintext on disk. Raises MtomError on
+    malformed input or exceeded limits, after deleting every spool file it created.
 
     The stream is read until it returns b'' (the epilogue is drained so a keep-alive
     connection stays in sync), so it must end with the body: WSGI's ``wsgi.input`` and an
@@ -630,6 +659,7 @@ def parse_multipart_related(
         max_root_bytes=max_root_bytes,
         max_header_bytes=max_header_bytes,
         max_parts=max_parts,
+        seal=seal,
     )
     total = 0
     try:
