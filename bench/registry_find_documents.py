@@ -12,18 +12,22 @@ generate_series) from the XML of a real sample submission resolved by the regist
 Then, for random patients, it times in the same run, interleaved:
 
 - FindDocuments (LeafClass, status Approved) end to end as the ITI-18 SOAP handler runs it, without
-  the network: ``registry.api.stored_query`` (request parsing, pool check-out, the SELECT with the
-  merged-patient subquery, the AdhocQueryResponse built from the stored objects) and the
-  serialisation of that response to bytes;
+  the envelope and the network: ``registry.api.stored_query_xml`` (request parsing, pool check-out,
+  the SELECT with the merged-patient subquery, the AdhocQueryResponse as the bytes the SOAP Body
+  carries);
 - the bare indexed SQL lookup it rests on: the SQL that answers the same question -- the
   DocumentEntry rows (every column, XML included) of the patient and the identifiers merged into
   it, with the status and entry type asked for, in the same order -- on a held psycopg cursor;
+- for information (not judged), the same query as a SOAP 1.2 envelope posted to the registry's
+  endpoint in process (WSGI: envelope checks, spyne dispatch, the response envelope; no TLS/HTTP);
 - GetSubmissionSetAndContents for the same patient's SubmissionSet, for reference;
 
-and prints p50 / p99 of each, the FindDocuments/bare ratios, the median cost of each stage of
-FindDocuments (where the time goes), and EXPLAIN of the statements (a plan with a sequential scan
-of registry_objects fails the run). ``--rounds N`` repeats the measurement N times in one process
-and prints every round and the median of the rounds (figures on a shared machine are noisy).
+and prints p50 / p99 of each, the ratios to the bare lookup, the CPU time per query of this process
+and of the PostgreSQL backends it talks to (from /proc: a local server only; unlike latency it does
+not grow with the machine's load), the median cost of each stage of FindDocuments (where the time
+goes), and EXPLAIN of the statements (a plan with a sequential scan of registry_objects fails the run).
+``--rounds N`` repeats the measurement N times in one process and prints every round and the median
+of the rounds (figures on a shared machine are noisy).
 Exit code 0 on PASS (judged on the median of the rounds).
 
     .venv/bin/python bench/registry_find_documents.py [--documents 1000000] [--per-patient 10]
@@ -52,14 +56,20 @@ from sqlalchemy import Engine, event, text  # noqa: E402
 
 from clearinghouse import db  # noqa: E402
 from clearinghouse.config import Settings  # noqa: E402
+from clearinghouse.peer import Peer  # noqa: E402
+from clearinghouse.soap import envelope as soapenv  # noqa: E402
+from clearinghouse.soap.client import WsgiTransport  # noqa: E402
 from registry import api, queries  # noqa: E402
 from registry import metadata as md  # noqa: E402
+from registry.service import ITI18_ACTION, registry_endpoint  # noqa: E402
 
 P99_LIMIT_MS = 25.0
 RATIO_LIMIT = 3.0
 DEFAULT_URL = os.environ.get("CLEARINGHOUSE_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 AFFINITY = "1.3.6.1.4.1.19376.3.840.1.1.1"
 BATCH = 100_000
+# The consumer the in-process SOAP calls come from (the endpoint checks its role, as over TLS).
+BENCH_CONSUMER = Peer("CN=bench-phr", "", "bench-phr", frozenset({"consumer"}))
 
 
 # --------------------------------------------------------------------------- data
@@ -221,6 +231,49 @@ def bare_params(patient: str) -> dict[str, str]:
     return {"p": patient, "status": md.APPROVED, "type": md.STABLE_DOCUMENT_ENTRY}
 
 
+LABELS = (
+    ("FindDocuments end to end (api, response bytes)", "find"),
+    ("bare indexed SELECT (psycopg)", "bare"),
+    ("ITI-18 via the SOAP endpoint (WSGI, no TLS)", "soap"),
+    ("GetSubmissionSetAndContents (api)", "contents"),
+)
+RATIOS = (("FindDocuments / bare", "ratio"), ("SOAP endpoint / bare (information)", "soap ratio"))
+CPU_LABELS = (("FindDocuments", "cpu find"), ("bare SELECT", "cpu bare"), ("SOAP endpoint", "cpu soap"))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _backend_cpu(pids: set[int]) -> float:
+    """CPU seconds (user + system) the PostgreSQL server processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # not on this machine, or gone
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU time of the work in its ``with`` blocks: this process's, and that of the PostgreSQL backends
+    it talks to (from /proc, so only with a local server). Unlike wall-clock latency, it does not grow
+    when other work shares the cores; backend figures are sums of 10 ms ticks, meaningful over many calls."""
+
+    def __init__(self, name: str, backends: dict[str, set[int]]) -> None:
+        self.pids = backends["bare" if name == "bare" else "pool"]
+        self.own = self.server = 0.0
+
+    def __enter__(self) -> None:
+        self._own, self._server = time.process_time(), _backend_cpu(self.pids)
+
+    def __exit__(self, *exc: object) -> None:
+        self.own += time.process_time() - self._own
+        self.server += _backend_cpu(self.pids) - self._server
+
+    def per_call(self, calls: int) -> tuple[float, float]:
+        return self.own * 1000 / calls, self.server * 1000 / calls
+
+
 def stages(sessions: object, settings: Settings, patients: list[str], cur: object) -> list[tuple[str, float]]:
     """Median cost of each stage of FindDocuments, run one by one as registry.api runs them."""
     times: dict[str, list[float]] = {}
@@ -235,7 +288,7 @@ def stages(sessions: object, settings: Settings, patients: list[str], cur: objec
         request = xs.find_documents(patient)
         req = stage("parse the AdhocQueryRequest", lambda r=request: queries.parse_request(r))
         session_scope = api._read_session(sessions)  # noqa: SLF001 - the bench times the API's own parts
-        session = stage("pool check-out (with its liveness ping)", session_scope.__enter__)
+        session = stage("pool check-out (ping only if idle >= 1 s)", session_scope.__enter__)
         try:
             result = stage(
                 "the SELECT through SQLAlchemy, rows fetched",
@@ -243,13 +296,12 @@ def stages(sessions: object, settings: Settings, patients: list[str], cur: objec
                     s, q, max_results=settings.query_max_results, home_community_id=settings.home_community_id
                 ),
             )
-            response = stage(
-                "AdhocQueryResponse: stored XML parsed (lxml)",
-                lambda s=session, r=result: queries.success_response(queries.render_objects(s, r)),
+            stage(
+                "AdhocQueryResponse bytes spliced from stored XML",
+                lambda s=session, r=result: queries.response_xml(s, r),
             )
         finally:
             session_scope.__exit__(None, None, None)
-        stage("response serialised to bytes", lambda r=response: etree.tostring(r))
         stage(
             "bare SELECT, same rows (psycopg)",
             lambda p=patient: (cur.execute(BARE_SQL, bare_params(p)), cur.fetchall()),
@@ -317,8 +369,20 @@ def main() -> int:
 
         sessions = db.session_factory(engine)
         settings = Settings()
+        backends: dict[str, set[int]] = {"pool": set(), "bare": set()}
+
+        @event.listens_for(engine, "connect")
+        def _pool_backend(dbapi_connection, _record) -> None:  # noqa: ANN001
+            with dbapi_connection.cursor() as c:
+                c.execute("SELECT pg_backend_pid()")
+                backends["pool"].add(c.fetchone()[0])
+            dbapi_connection.commit()  # leave it idle, as the pool expects
+
+        engine.dispose()  # the pool reconnects, and records its backends
         raw = engine.raw_connection()
         cur = raw.cursor()
+        cur.execute("SELECT pg_backend_pid()")
+        backends["bare"].add(cur.fetchone()[0])
         rng = random.Random(8)
 
         def ids(p: int) -> tuple[str, str]:
@@ -328,7 +392,16 @@ def main() -> int:
             return patient, ss
 
         def find_end_to_end(request: etree._Element) -> bytes:
-            return etree.tostring(api.stored_query(sessions, settings, request))
+            # What the ITI-18 handler runs: the answer comes back as the bytes the SOAP Body carries.
+            return api.stored_query_xml(sessions, settings, request)
+
+        endpoint = WsgiTransport(registry_endpoint(settings, sessions), BENCH_CONSUMER)
+
+        def find_via_soap(request: etree._Element) -> bytes:
+            body = soapenv.to_bytes(soapenv.envelope(request, action=ITI18_ACTION, to="https://bench/xds/registry"))
+            status, _type, out = endpoint.post({"Content-Type": soapenv.SOAP12_CONTENT_TYPE}, [body], len(body))
+            assert status == 200
+            return out.getvalue()
 
         for p in rng.sample(range(patients_n), min(200, patients_n)):  # warm caches and connection pool
             patient, _ss = ids(p)
@@ -339,54 +412,55 @@ def main() -> int:
         rounds = []
         for r in range(args.rounds):
             pairs = [ids(rng.randrange(patients_n)) for _ in range(args.queries)]
-            find_ms, bare_ms, contents_ms = [], [], []
-            counts: list[int] = []
+            ms: dict[str, list[float]] = {"find": [], "bare": [], "soap": [], "contents": []}
+            cpu = {key: CpuMeter(key, backends) for key in ("find", "bare", "soap")}
+            counts: dict[str, list[int]] = {"find": [], "bare": [], "soap": []}
             for n, (patient, ss) in enumerate(pairs):
                 request = xs.find_documents(patient)
                 contents = xs.query(xs.GET_SUBMISSION_SET_AND_CONTENTS, {"$XDSSubmissionSetEntryUUID": xs.quoted(ss)})
-                found: list[int] = []
-
-                def find(r: etree._Element = request, out: list[int] = found) -> None:
-                    out.append(find_end_to_end(r).count(b"<rim:ExtrinsicObject "))
-
-                def bare(p: str = patient, out: list[int] = found) -> None:
-                    cur.execute(BARE_SQL, bare_params(p))
-                    out.append(len(cur.fetchall()))
-
+                calls = {
+                    "find": lambda r=request: find_end_to_end(r).count(b"<rim:ExtrinsicObject "),
+                    "bare": lambda p=patient: (cur.execute(BARE_SQL, bare_params(p)), len(cur.fetchall()))[1],
+                    "soap": lambda r=request: find_via_soap(r).count(b"<rim:ExtrinsicObject "),
+                }
                 # The first to read a patient's rows finds them outside PostgreSQL's buffers; take turns.
-                if n % 2:
-                    bare_ms.append(timed(bare))
-                    find_ms.append(timed(find))
-                    found.reverse()
-                else:
-                    find_ms.append(timed(find))
-                    bare_ms.append(timed(bare))
-                counts += found
-                contents_ms.append(timed(lambda r=contents: api.stored_query(sessions, settings, r)))
-            matched = counts[0::2]
-            assert matched == counts[1::2], "FindDocuments and the bare lookup must return the same rows"
-            figures = {
-                "find": (percentile(find_ms, 50), percentile(find_ms, 99)),
-                "bare": (percentile(bare_ms, 50), percentile(bare_ms, 99)),
-                "contents": (percentile(contents_ms, 50), percentile(contents_ms, 99)),
-            }
+                order = list(calls)
+                order = order[n % 3 :] + order[: n % 3]
+                for key in order:
+                    with cpu[key]:
+                        started = time.perf_counter()
+                        counts[key].append(calls[key]())
+                        ms[key].append((time.perf_counter() - started) * 1000)
+                ms["contents"].append(timed(lambda r=contents: api.stored_query_xml(sessions, settings, r)))
+            assert counts["find"] == counts["bare"] == counts["soap"], "every path must return the same rows"
+            figures = {key: (percentile(values, 50), percentile(values, 99)) for key, values in ms.items()}
             figures["ratio"] = (figures["find"][0] / figures["bare"][0], figures["find"][1] / figures["bare"][1])
+            figures["soap ratio"] = (figures["soap"][0] / figures["bare"][0], figures["soap"][1] / figures["bare"][1])
+            for key, meter in cpu.items():
+                figures[f"cpu {key}"] = meter.per_call(args.queries)
             rounds.append(figures)
-            print(f"\nround {r + 1}: {args.queries} queries, {statistics.mean(matched):.1f} documents per answer")
-            print(f"{'':38}{'p50 ms':>10}{'p99 ms':>10}")
-            for label, key in (
-                ("FindDocuments end to end (api+bytes)", "find"),
-                ("bare indexed SELECT (psycopg)", "bare"),
-                ("GetSubmissionSetAndContents", "contents"),
-            ):
-                print(f"{label:38}{figures[key][0]:>10.2f}{figures[key][1]:>10.2f}")
-            print(f"{'FindDocuments / bare':38}{figures['ratio'][0]:>9.2f}x{figures['ratio'][1]:>9.2f}x")
+            load_average = os.getloadavg()[0]
+            print(
+                f"\nround {r + 1}: {args.queries} queries, {statistics.mean(counts['find']):.1f} documents per answer, "
+                f"load average {load_average:.1f}"
+            )
+            print(f"{'':44}{'p50 ms':>10}{'p99 ms':>10}")
+            for label, key in LABELS:
+                print(f"{label:44}{figures[key][0]:>10.2f}{figures[key][1]:>10.2f}")
+            for label, key in RATIOS:
+                print(f"{label:44}{figures[key][0]:>9.2f}x{figures[key][1]:>9.2f}x")
+            print(f"{'CPU ms per query':44}{'bench':>10}{'postgres':>10}")
+            for label, key in CPU_LABELS:
+                print(f"{label:44}{figures[key][0]:>10.3f}{figures[key][1]:>10.3f}")
         median = {k: tuple(statistics.median(f[k][i] for f in rounds) for i in (0, 1)) for k in rounds[0]}
         if args.rounds > 1:
-            print(f"\nmedian of {args.rounds} rounds{'':16}{'p50':>10}{'p99':>10}")
-            for key in ("find", "bare", "contents"):
-                print(f"{key:38}{median[key][0]:>10.2f}{median[key][1]:>10.2f}")
-            print(f"{'FindDocuments / bare':38}{median['ratio'][0]:>9.2f}x{median['ratio'][1]:>9.2f}x")
+            print(f"\nmedian of {args.rounds} rounds{'':22}{'p50':>10}{'p99':>10}")
+            for label, key in LABELS:
+                print(f"{label:44}{median[key][0]:>10.2f}{median[key][1]:>10.2f}")
+            for label, key in RATIOS:
+                print(f"{label:44}{median[key][0]:>9.2f}x{median[key][1]:>9.2f}x")
+            for label, key in CPU_LABELS:
+                print(f"{label + ' (CPU ms, bench / postgres)':44}{median[key][0]:>10.3f}{median[key][1]:>10.3f}")
         print("\nwhere FindDocuments spends its time (median ms over 300 patients):")
         for stage, ms in stages(sessions, settings, [ids(rng.randrange(patients_n))[0] for _ in range(300)], cur):
             print(f"  {stage:50}{ms:>8.3f}")

@@ -116,6 +116,9 @@ class Settings:
     db_pool_timeout_seconds: int = 30
     db_pool_pre_ping: bool = True
     db_pool_recycle_seconds: int = 1800
+    # pre_ping tests only a connection idle in the pool at least this long (0: every check-out);
+    # see clearinghouse.db.PoolSettings and docs/decisions.md.
+    db_pool_pre_ping_idle_ms: int = 1000
     # This process's ITI-20 spool (empty: home/audit-spool). One process owns a spool: several `serve`
     # processes sharing a home each need their own, on local disk (docs/operations.md).
     audit_spool_path: str = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 if TYPE_CHECKING:
@@ -48,7 +50,8 @@ class PoolSettings:
     ``size`` connections are kept open, up to ``overflow`` more are opened under load and closed when
     returned; a request for a connection waits ``timeout`` seconds before failing. ``pre_ping`` tests a
     connection before handing it out (a database restart or a load balancer's idle cut then costs a
-    reconnect, not a failed transaction); ``recycle`` replaces connections older than that many seconds
+    reconnect, not a failed transaction) if it has been idle in the pool for ``pre_ping_idle`` seconds
+    or more (0: at every check-out); ``recycle`` replaces connections older than that many seconds
     (-1: never), below the idle limits of firewalls and PgBouncer-style proxies.
     """
 
@@ -57,6 +60,7 @@ class PoolSettings:
     timeout: float = 30.0
     pre_ping: bool = True
     recycle: int = 1800
+    pre_ping_idle: float = 1.0
 
     @classmethod
     def of(cls, settings: Settings) -> PoolSettings:
@@ -66,6 +70,7 @@ class PoolSettings:
             float(settings.db_pool_timeout_seconds),
             settings.db_pool_pre_ping,
             settings.db_pool_recycle_seconds,
+            settings.db_pool_pre_ping_idle_ms / 1000,
         )
 
 
@@ -79,15 +84,48 @@ def make_engine(url: str, schema: str | None = None, *, pool: PoolSettings | Non
         return engine
     pool = pool or PoolSettings()
     connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool.size,
         max_overflow=pool.overflow,
         pool_timeout=pool.timeout,
-        pool_pre_ping=pool.pre_ping,
+        pool_pre_ping=pool.pre_ping and pool.pre_ping_idle <= 0,
         pool_recycle=pool.recycle,
+        # Last in, first out: the connections in use stay few and warm (they are the ones that skip
+        # the ping), and the rest stay idle until the recycle replaces them.
+        pool_use_lifo=True,
         connect_args=connect_args,
     )
+    if pool.pre_ping and pool.pre_ping_idle > 0:
+        _ping_when_idle(engine, pool.pre_ping_idle)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle: float) -> None:
+    """SQLAlchemy's pre-ping, for connections idle ``idle`` seconds or more only.
+
+    The ping is a round trip on every check-out, a fifth of what a stored query costs in all
+    (docs/decisions.md). The connections it rescues are those that sat idle while the server
+    restarted or a firewall cut them; one returned a moment ago is as good as one just tested, and
+    if the database went away in that moment, its first statement fails, SQLAlchemy invalidates
+    the whole pool, and the next check-outs reconnect."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection, record) -> None:  # noqa: ANN001
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _lent(dbapi_connection, record, _proxy) -> None:  # noqa: ANN001
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < idle:
+            return  # just connected, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if not engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            # The pool discards this connection and checks out a fresh one (SQLAlchemy pool events).
+            raise DisconnectionError(f"connection lost while idle: {exc}") from exc
 
 
 def engine_for(settings: Settings) -> Engine:

@@ -125,8 +125,10 @@ def stored_query_facts(request: Any, result: Any, error: BaseException | None) -
         )
     options = request.body.find("query:ResponseOption", NS)
     returned = []
-    if result is not None:
-        for eo in result.body.iter(qname("rim", "ExtrinsicObject")):
+    # An ITI-18 answer may travel serialised (SoapResult.body_xml): document() gives all of it.
+    answer = result.document() if result is not None else None
+    if answer is not None:
+        for eo in answer.iter(qname("rim", "ExtrinsicObject")):
             returned.append(
                 {
                     "unique_id": _unique_id(eo),
@@ -140,7 +142,7 @@ def stored_query_facts(request: Any, result: Any, error: BaseException | None) -
         "return_type": options.get("returnType", "") if options is not None else "",
         "params": params,
         "returned": returned,
-        "object_refs": [o.get("id", "") for o in result.body.iter(qname("rim", "ObjectRef"))] if result else [],
+        "object_refs": [o.get("id", "") for o in answer.iter(qname("rim", "ObjectRef"))] if answer is not None else [],
         **_outcome(result, error),
     }
     return facts, etree.tostring(request.body, encoding="unicode")

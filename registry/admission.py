@@ -58,6 +58,10 @@ def resource_error(exc: BaseException) -> XdsError | None:
         return XDSRegistryOutOfResources("the registry is out of memory; try again later")
     if isinstance(exc, OSError) and exc.errno in _OS_OUT_OF_RESOURCES:
         return XDSRegistryOutOfResources(f"the registry is out of resources ({exc.strerror}); try again later")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        # The database went away under a pooled connection (restart, cut): the pool reconnects for the
+        # next request (clearinghouse.db pings only idle connections), so this one may simply retry.
+        return XDSRegistryBusy("the database connection was lost; try again shortly")
     if isinstance(exc, DBAPIError):
         state = _sqlstate(exc)
         if state in _PG_BUSY:

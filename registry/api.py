@@ -48,6 +48,7 @@ __all__ = [
     "registered_document_unique_ids",
     "register_document_set",
     "stored_query",
+    "stored_query_xml",
     "success_response",
     "update_document_set",
 ]
@@ -223,7 +224,20 @@ def stored_query(
     ``request`` is the ``query:AdhocQueryRequest``; the answer is a ``query:AdhocQueryResponse``
     with status Success and a rim:RegistryObjectList (ObjectRefs or LeafClass objects). Problems
     with the request or too many results raise XdsError (render with ``error_response``).
+    The answer is ``stored_query_xml`` parsed: the very bytes the SOAP endpoint sends.
     """
+    return queries.parse_response(stored_query_xml(session_factory, settings, request, admission=admission))
+
+
+def stored_query_xml(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    request: etree._Element,
+    *,
+    admission: Admission | None = None,
+) -> bytes:
+    """ITI-18 as the SOAP endpoint answers it: the ``query:AdhocQueryResponse`` serialised (UTF-8),
+    assembled from the stored objects' XML without parsing them (``queries.response_xml``)."""
     parsed = queries.parse_request(request)
     with _admitted(admission, "ITI-18"), _read_session(session_factory) as session:
         result = queries.run(
@@ -232,7 +246,7 @@ def stored_query(
             max_results=settings.query_max_results,
             home_community_id=settings.home_community_id,
         )
-        return queries.success_response(queries.render_objects(session, result))
+        return queries.response_xml(session, result)
 
 
 def purge_expired_submissions(

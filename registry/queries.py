@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, exists, func, literal, or_, select
@@ -254,18 +255,45 @@ def _patients(req: QueryRequest, name: str) -> Select:
 # FindDocuments is the query consumers send most, so its statement is built once, with bound
 # parameters, and only the optional filters a request carries are added to it: building the
 # expression tree and its cache key costs more than PostgreSQL takes to answer from the index.
+# Status and entry type lists of up to _SLOTS values fill a fixed set of parameters (the last value
+# repeated): an "expanding" IN list would make SQLAlchemy render the SQL again on every execution.
+_SLOTS = 4
 _PATIENT = bindparam("patient", type_=String)
-_FIND_DOCUMENTS = (
-    select(*RESULT_COLUMNS)
-    .where(
-        O.patient_id.in_(merged_aliases_query(_PATIENT).union_all(select(_PATIENT))),
-        O.status.in_(bindparam("statuses", expanding=True)),
-        O.object_type == "DocumentEntry",
-        O.entry_type.in_(bindparam("entry_types", expanding=True)),
+
+
+def _find_documents_statement(statuses: ColumnElement[bool], entry_types: ColumnElement[bool]) -> Select:
+    return (
+        select(*RESULT_COLUMNS)
+        .where(
+            O.patient_id.in_(merged_aliases_query(_PATIENT).union_all(select(_PATIENT))),
+            statuses,
+            O.object_type == "DocumentEntry",
+            entry_types,
+        )
+        .order_by(O.created_at, O.entry_uuid)
+        .limit(bindparam("limit", type_=Integer))
     )
-    .order_by(O.created_at, O.entry_uuid)
-    .limit(bindparam("limit", type_=Integer))
+
+
+_FIND_DOCUMENTS = _find_documents_statement(
+    O.status.in_([bindparam(f"status_{i}", type_=String) for i in range(_SLOTS)]),
+    O.entry_type.in_([bindparam(f"entry_type_{i}", type_=String) for i in range(_SLOTS)]),
 )
+_FIND_DOCUMENTS_MANY = _find_documents_statement(
+    O.status.in_(bindparam("statuses", expanding=True)),
+    O.entry_type.in_(bindparam("entry_types", expanding=True)),
+)
+
+
+def _find_documents_values(patient: str, statuses: list[str], entry_types: list[str], limit: int) -> dict[str, Any]:
+    """The parameters of _FIND_DOCUMENTS (or of _FIND_DOCUMENTS_MANY when a list is longer than _SLOTS)."""
+    values: dict[str, Any] = {"patient": patient, "limit": limit}
+    if len(statuses) > _SLOTS or len(entry_types) > _SLOTS:
+        return values | {"statuses": statuses, "entry_types": entry_types}
+    for name, given in (("status", statuses), ("entry_type", entry_types)):
+        for i in range(_SLOTS):
+            values[f"{name}_{i}"] = given[min(i, len(given) - 1)] if given else None
+    return values
 
 
 def _check_home(req: QueryRequest, home_community_id: str) -> None:
@@ -320,14 +348,13 @@ def find_documents(session: Session, req: QueryRequest, limit: int, home: str) -
     which the patient index (patient_id, object_type, status) gives the rows and the other filters
     are checked on them."""
     filters = optional_document_filters(req)
-    stmt = _FIND_DOCUMENTS.where(*filters) if filters else _FIND_DOCUMENTS
-    values = {
-        "patient": req.text("$XDSDocumentEntryPatientId") or "",
-        "statuses": req.texts("$XDSDocumentEntryStatus"),
-        "entry_types": _entry_types(req),
-        "limit": limit + 1,
-    }
-    rows = list(session.connection().execute(stmt, values))
+    values = _find_documents_values(
+        req.text("$XDSDocumentEntryPatientId") or "", req.texts("$XDSDocumentEntryStatus"), _entry_types(req), limit + 1
+    )
+    stmt = _FIND_DOCUMENTS_MANY if "statuses" in values else _FIND_DOCUMENTS
+    if filters:
+        stmt = stmt.where(*filters)
+    rows = session.connection().execute(stmt, values).all()
     if len(rows) > limit:
         raise _too_many(limit)
     return rows
@@ -579,21 +606,23 @@ def execute(session: Session, request: etree._Element, *, max_results: int, home
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, collect_ids=False)
 _LIST_OPEN = f'<rim:RegistryObjectList xmlns:rim="{RIM}">'
 _LIST_CLOSE = "</rim:RegistryObjectList>"
+_QUERY = NS["query"]
+_RESPONSE_OPEN = f'<query:AdhocQueryResponse xmlns:query="{_QUERY}" xmlns:rim="{RIM}" status="{SUCCESS}">'.encode()
+_RESPONSE_CLOSE = b"</query:AdhocQueryResponse>"
 
 
-def render_objects(session: Session, result: QueryResult) -> etree._Element:
-    """The rim:RegistryObjectList of a result: ObjectRefs, or the stored objects verbatim, each
-    RegistryPackage followed by the top-level Classifications submitted for it (the one that makes
-    it a SubmissionSet or Folder must travel with it).
+def object_list_text(session: Session, result: QueryResult) -> str:
+    """The rim:RegistryObjectList of a result as XML text: ObjectRefs, or the stored objects
+    verbatim, each RegistryPackage followed by the top-level Classifications submitted for it (the
+    one that makes it a SubmissionSet or Folder must travel with it).
 
-    The stored objects are already serialised XML written by the registry itself, so the list is
-    assembled as text and parsed once rather than object by object.
+    The stored objects are XML the registry serialised itself, each declaring the namespaces it
+    uses (metadata.to_text), so they are spliced as text: parsing them into elements only to
+    serialise them again cost more than the query (docs/registry.md, "Indexes and speed").
     """
     if result.return_type == OBJECT_REF:
-        object_list = etree.Element(f"{{{RIM}}}RegistryObjectList", nsmap={"rim": RIM})
-        for row in result.objects:
-            etree.SubElement(object_list, f"{{{RIM}}}ObjectRef", id=row.entry_uuid)
-        return object_list
+        refs = "".join(f"<rim:ObjectRef id={quoteattr(row.entry_uuid)}/>" for row in result.objects)
+        return _LIST_OPEN + refs + _LIST_CLOSE
     packages = [r.entry_uuid for r in result.objects if r.object_type in ("SubmissionSet", "Folder")]
     extra = classifications_of(session, packages) if packages else {}
     parts = [_LIST_OPEN]
@@ -601,15 +630,21 @@ def render_objects(session: Session, result: QueryResult) -> etree._Element:
         parts.append(row.xml)
         parts += [c.xml for c in extra.get(row.entry_uuid, [])]
     parts.append(_LIST_CLOSE)
-    # Stored objects declare only the namespaces they use (metadata.to_text); rim is declared again
-    # by the list, which is redundant but valid.
-    return etree.fromstring("".join(parts).encode("utf-8"), _PARSER)
+    return "".join(parts)
 
 
-def success_response(object_list: etree._Element) -> etree._Element:
-    """``query:AdhocQueryResponse`` status Success around ``object_list``."""
-    response = etree.Element(
-        qname("query", "AdhocQueryResponse"), nsmap={"query": NS["query"], "rim": RIM}, status=SUCCESS
-    )
-    response.append(object_list)
-    return response
+def response_xml(session: Session, result: QueryResult) -> bytes:
+    """The ``query:AdhocQueryResponse`` (status Success) of a result, serialised in UTF-8 without an
+    XML declaration: what the ITI-18 endpoint puts in the SOAP Body."""
+    return _RESPONSE_OPEN + object_list_text(session, result).encode("utf-8") + _RESPONSE_CLOSE
+
+
+def response_outline() -> etree._Element:
+    """The response element of a successful query without its contents: what the transport's
+    audit and metrics observers read (the status) when the body itself travels as ``response_xml``."""
+    return etree.Element(qname("query", "AdhocQueryResponse"), nsmap={"query": NS["query"], "rim": RIM}, status=SUCCESS)
+
+
+def parse_response(data: bytes) -> etree._Element:
+    """``response_xml`` as an element (for callers that inspect the answer, e.g. tests)."""
+    return etree.fromstring(data, _PARSER)

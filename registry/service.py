@@ -17,9 +17,10 @@ from registry.api import (
     Admission,
     delete_document_set,
     register_document_set,
-    stored_query,
+    stored_query_xml,
     update_document_set,
 )
+from registry.queries import response_outline
 
 log = logging.getLogger("registry")
 
@@ -52,11 +53,12 @@ def registry_endpoint(settings: Settings, sessions: sessionmaker[Session]) -> So
 
     def query(req: SoapRequest) -> SoapResult:
         try:
-            body = stored_query(sessions, settings, req.body, admission=admission)
+            answer = stored_query_xml(sessions, settings, req.body, admission=admission)
         except XdsError as exc:
             log.info("ITI-18 by %s refused: %s", req.peer.participant, "; ".join(i.code for i in exc.items))
             return SoapResult(error_response(qname("query", "AdhocQueryResponse"), exc))
-        return SoapResult(body)
+        # Sent as serialised (spliced from stored XML, never parsed); observers read the outline.
+        return SoapResult(response_outline(), body_xml=answer)
 
     def update(req: SoapRequest) -> SoapResult:
         try:

@@ -282,8 +282,21 @@ def set_status(row: RegistryObjectRow, status: str) -> None:
 
 def touch_folder(row: RegistryObjectRow, when: datetime) -> None:
     """A Folder whose membership changed gets a new lastUpdateTime (ITI TF-3 4.2.3.4.4)."""
-    value = stamp(when)
-    row.last_update_time = value
+    _set_last_update_time(row, stamp(when))
+
+
+def keep_last_update_time(row: RegistryObjectRow, previous: RegistryObjectRow) -> None:
+    """A Folder's new version whose members were propagated keeps the lastUpdateTime of the version
+    it replaces: its contents have not changed (as the NIST toolkit reads ITI TF-2b 3.57.4.1.3.3.3)."""
+    kept = md.from_text(previous.xml).findtext(
+        f"{{{md.RIM}}}Slot[@name='lastUpdateTime']/{{{md.RIM}}}ValueList/{{{md.RIM}}}Value"
+    )
+    if kept:
+        _set_last_update_time(row, kept.strip())
+
+
+def _set_last_update_time(row: RegistryObjectRow, value: str) -> None:
+    row.last_update_time = dtm_key(value)
     _update_xml(row, lambda e: md.set_slot(e, "lastUpdateTime", [value]))
 
 
@@ -346,15 +359,16 @@ def approved_folders_of(session: Session, document_uuid: str) -> list[RegistryOb
 
 
 def approved_members_of(session: Session, folder_uuid: str) -> list[str]:
-    """DocumentEntries a Folder holds through Approved HasMember associations."""
+    """Approved DocumentEntries a Folder holds through Approved HasMember associations."""
     membership = (
         select(A.target_uuid)
         .join(O, O.entry_uuid == A.entry_uuid)
         .where(A.source_uuid == folder_uuid, A.assoc_type == md.HAS_MEMBER, O.status == md.APPROVED)
     )
-    return list(
-        session.scalars(select(O.entry_uuid).where(O.entry_uuid.in_(membership), O.object_type == "DocumentEntry"))
+    members = select(O.entry_uuid).where(
+        O.entry_uuid.in_(membership), O.object_type == "DocumentEntry", O.status == md.APPROVED
     )
+    return list(session.scalars(members.order_by(O.created_at, O.entry_uuid)))
 
 
 def approved_relationships_of(session: Session, document_uuid: str) -> list[tuple[str, str, str]]:

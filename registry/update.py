@@ -31,9 +31,9 @@ def apply_update(
     now: datetime,
 ) -> None:
     """Validate against the registry and store: new versions (the previous one Deprecated; unless
-    AssociationPropagation = no, the new version of a DocumentEntry joins the Folders of the
+    AssociationPropagation = no, the new version of a DocumentEntry joins the Approved Folders of the
     previous one and takes its place in its Approved relationships, and a Folder's new version
-    keeps its members), status changes, memberships.
+    keeps its Approved members and its lastUpdateTime), status changes, memberships.
     Raises XdsError with every problem found; writes nothing then."""
     targets = [s.assoc.target for s in plan.status_updates]
     existing = store.lookup_objects(session, store.submission_entry_ids(sub) | set(targets))
@@ -72,6 +72,9 @@ def apply_update(
         else:
             for document in store.approved_members_of(session, old.entry_uuid):
                 _link(session, md.HAS_MEMBER, new.id, document, resolved, new.patient_id, now, participant)
+            new_row = session.get(RegistryObjectRow, new.id)
+            assert new_row is not None  # saved above
+            store.keep_last_update_time(new_row, old_row)
     for status in plan.status_updates:
         row = session.get(RegistryObjectRow, status.assoc.target)
         assert row is not None

@@ -528,6 +528,34 @@ def test_find_documents_entry_type_defaults_to_stable(sessions, settings, patien
     assert both == {stable.unique_id, on_demand.unique_id}
 
 
+@pytest.mark.parametrize("repeat", [1, 2, queries._SLOTS + 1])  # the fixed parameter slots, and beyond them
+def test_find_documents_status_lists_of_any_length(sessions, settings, patient, repeat):
+    """FindDocuments fills a fixed set of parameters for short status / entry type lists and falls
+    back to an expanding IN list for long ones: same answers either way."""
+    old, new = xs.DocSpec(), xs.DocSpec()
+    register(sessions, settings, xs.submission(patient, [old]))
+    register(
+        sessions,
+        settings,
+        xs.submission(
+            patient,
+            [new],
+            extra_associations=[xs.AssocSpec(xs.RPLC, "Document01", stored_uuid(sessions, old.unique_id))],
+        ),
+    )
+    types = xs.quoted_list([xs.STABLE, xs.ON_DEMAND] * repeat)
+    assert find_docs(
+        sessions, settings, patient, status=[xs.APPROVED, xs.DEPRECATED] * repeat, XDSDocumentEntryType=types
+    ) == {
+        old.unique_id,
+        new.unique_id,
+    }
+    assert find_docs(sessions, settings, patient, status=[xs.DEPRECATED] * repeat, XDSDocumentEntryType=types) == {
+        old.unique_id
+    }
+    assert find_docs(sessions, settings, patient, status=[xs.APPROVED] * repeat) == {new.unique_id}
+
+
 def test_find_documents_reference_id_list(sessions, settings, patient):
     ref = "ACC123^^^&1.2.3&ISO^urn:ihe:iti:xds:2013:accession"
     tagged = xs.DocSpec(reference_ids=[ref])
