@@ -232,6 +232,9 @@ class PixError(HL7Error):
     error_code_default = "207"
     http_status = 400
     fhir_code = "invalid"
+    # ITI-104 (a FHIR conditional update or delete) answers as FHIR R4 http.html says for update:
+    # 422 when the resource breaks the server's rules, 400 when it cannot be read or lacks what is required.
+    fhir_write_status = 422
 
     def __init__(self, text: str, *, location: str = "", ack_code: str = "AE") -> None:
         super().__init__(text, ack_code=ack_code, error_code=self.error_code_default, location=location)
@@ -266,6 +269,16 @@ class PixUnknownPatientId(PixError):
 class PixMissingField(PixError):
     error_code_default = "101"
     fhir_code = "required"
+    fhir_write_status = 400
+
+
+class PixMalformedResource(PixError):
+    """An ITI-104 request whose body or parameters cannot be read as a FHIR R4 Patient update (not JSON
+    or XML, another resource type, an element of the wrong type): HTTP 400, issue type ``structure``."""
+
+    error_code_default = "102"
+    fhir_code = "structure"
+    fhir_write_status = 400
 
 
 class PixInvalidField(PixError):
@@ -291,6 +304,7 @@ class PixNotDomainSource(PixError):
 
     http_status = 403
     fhir_code = "forbidden"
+    fhir_write_status = 403
 
     def __init__(self, text: str, *, location: str = "") -> None:
         super().__init__(text, location=location, ack_code="AR")

@@ -23,9 +23,14 @@ TRANSACTIONS = {
     "ITI-44": "Patient Identity Feed HL7 V3",
     "ITI-45": "PIXV3 Query",
     "ITI-83": "Mobile Patient Identifier Cross-reference Query",
+    "ITI-104": "Patient Identity Feed FHIR",
 }
 # The v3 interactions of ITI-44 and the HL7 v2 event each one corresponds to (for EventActionCode).
 V3_EVENTS = {"PRPA_IN201301UV02": "A01", "PRPA_IN201302UV02": "A08", "PRPA_IN201304UV02": "A40"}
+# ParticipantObjectTypeCodeRole 4 (Resource) for the Patient resource an ITI-104 request wrote, and the
+# data life cycle a removed one went through (DICOM PS3.15 A.5.2: 14, Logical deletion).
+ROLE_RESOURCE = "4"
+LIFECYCLE_LOGICAL_DELETION = "14"
 
 
 def transaction_code(transaction: str) -> Code:
@@ -77,6 +82,64 @@ class PixAuditor:
                 outcome=outcome,
                 outcome_description=description,
                 transaction="ITI-44",
+            )
+        )
+
+    def fhir_feed(
+        self,
+        *,
+        action: str,
+        peer: Peer | None,
+        address: str,
+        endpoint: str,
+        patient_id: str,
+        resource: str,
+        outcome: int,
+        description: str,
+        transaction: str | None = "ITI-104",
+    ) -> None:
+        """ITI-104 as the manager records it (PIXm 2:3.104.5.1.2, the BALP PatientCreate, PatientUpdate
+        and PatientDelete patterns): Patient Record with action C, U or D as the manager decided, ITI-104
+        as the event type, the source as requestor, the patient named by the request's ``identifier``
+        parameter (``patient_id``, a CX) and the Patient resource written (``resource``, Patient/{id}).
+        A read of a Patient resource (action R, ``transaction`` None) is recorded the same way, as BALP's
+        PatientRead: no IHE transaction defines it."""
+
+        def build() -> AuditMessage:
+            objects = [audit.patient_object(patient_id)] if patient_id else []
+            if resource:
+                objects.append(
+                    ParticipantObject(
+                        resource,
+                        audit.OBJ_SYSTEM,
+                        ROLE_RESOURCE,
+                        audit.ID_URI,
+                        lifecycle=LIFECYCLE_LOGICAL_DELETION if action == "D" else "",
+                    )
+                )
+            return AuditMessage(
+                audit.EV_PATIENT_RECORD,
+                action,
+                outcome,
+                datetime.now(UTC),
+                self.node.source,
+                (
+                    party(peer, address).participant(audit.ROLE_SOURCE, requestor=True),
+                    self.me(endpoint).participant(audit.ROLE_DESTINATION, requestor=False),
+                ),
+                (transaction_code(transaction),) if transaction else (),
+                tuple(objects),
+                description,
+            )
+
+        self._emit(build)
+
+    def refused(self, *, peer: Peer | None, address: str, endpoint: str, transaction: str, reason: str) -> None:
+        """A peer without the role a transaction needs: Use of Restricted Function (as the SOAP endpoints
+        record it)."""
+        self._emit(
+            lambda: audit.restricted_function(
+                node=self.node, endpoint=endpoint, peer=party(peer, address), transaction=transaction, reason=reason
             )
         )
 

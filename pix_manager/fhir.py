@@ -5,8 +5,8 @@ GET [base]/Patient/$ihe-pix?sourceIdentifier=urn:oid:OID|value{&targetSystem=urn
 answers 200 with a Parameters resource (one targetIdentifier per cross-referenced identifier,
 the source identifier excluded), or an OperationOutcome: 404 not-found for an unknown identifier,
 400 code-invalid for an unknown source domain, 403 code-invalid for an unknown target system
-(2:3.83.4.2.2). targetId (0..*, a Reference to a Patient resource of the manager) is not given: this
-PIX Manager holds identifiers only and serves no Patient resources (docs/decisions.md).
+(2:3.83.4.2.2). targetId (0..*) references the manager's Patient resources of the person found, the
+ones ITI-104 feeds created (pix_manager/fhir_feed.py); identifiers fed by ITI-8 or ITI-44 have none.
 
 The format is chosen as FHIR R4 http.html#mime-type says: ``_format`` (json, xml or a MIME type) wins
 over the Accept header; without either, JSON. A request for neither format gets 406.
@@ -31,9 +31,10 @@ from clearinghouse.errors import (
     PixUnknownTargetDomain,
 )
 from clearinghouse.https import PEER_ENVIRON_KEY
+from pix_manager import patients as patient_resources
 from pix_manager.auditing import PixAuditor
 from pix_manager.identifiers import Authority, RawIdentifier
-from pix_manager.manager import PixManager
+from pix_manager.manager import PixManager, QueryAnswer
 
 log = logging.getLogger("pix_manager.fhir")
 
@@ -100,21 +101,27 @@ def to_xml(resource: dict[str, Any]) -> bytes:
     return ('<?xml version="1.0" encoding="UTF-8"?>' + "".join(parts)).encode("utf-8")
 
 
-def operation_outcome(code: str, diagnostics: str, severity: str = "error", details: str = "") -> dict[str, Any]:
+def operation_outcome(
+    code: str, diagnostics: str, severity: str = "error", details: str = "", expression: str = ""
+) -> dict[str, Any]:
     issue: dict[str, Any] = {"severity": severity, "code": code}
-    if details:  # OperationOutcome.issue order: severity, code, details, diagnostics
+    if details:  # OperationOutcome.issue order: severity, code, details, diagnostics, location, expression
         issue["details"] = {"text": details}
     issue["diagnostics"] = diagnostics
+    if expression:
+        issue["expression"] = [expression]
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-def parameters(identifiers: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """A Parameters resource with one targetIdentifier per (system, value)."""
+def parameters(identifiers: Iterable[tuple[str, str]], target_ids: Iterable[str] = ()) -> dict[str, Any]:
+    """A Parameters resource with one targetIdentifier per (system, value), then one targetId per
+    reference to a Patient resource of this manager (``Patient/{id}``)."""
     resource: dict[str, Any] = {"resourceType": "Parameters"}
     params = [
         {"name": "targetIdentifier", "valueIdentifier": {"use": "official", "system": system, "value": value}}
         for system, value in identifiers
     ]
+    params += [{"name": "targetId", "valueReference": {"reference": ref}} for ref in target_ids]
     if params:  # FHIR JSON never carries an empty array
         resource["parameter"] = params
     return resource
@@ -125,10 +132,11 @@ def token(text: str, where: str) -> RawIdentifier:
     system, bar, value = text.partition("|")
     if not bar:
         raise PixInvalidField("sourceIdentifier must be system|value", location=where)
-    return RawIdentifier(value, _authority(system), where, where)
+    return RawIdentifier(value, authority(system), where, where)
 
 
-def _authority(system: str) -> Authority:
+def authority(system: str) -> Authority:
+    """The assigning authority a FHIR identifier system names: ``urn:oid:OID`` is the ISO OID."""
     # A system that is not an OID URI cannot be one of the configured domains; kept so that the
     # resolver reports it as an unknown assigning authority.
     oid = system.removeprefix(OID_PREFIX) if system.startswith(OID_PREFIX) else system
@@ -172,6 +180,16 @@ class PixmApp:
         self.manager = manager
         self.auditor = auditor
 
+    def _target_ids(self, answer: QueryAnswer, targets: list[str]) -> list[str]:
+        """The Patient resources (ITI-104) of the person found: those keyed by the identifiers answered,
+        and by the queried one unless targetSystem leaves its domain out."""
+        keys = list(answer.identifiers)
+        queried = answer.queried
+        if queried is not None and (not targets or OID_PREFIX + answer.config.by_id[queried.domain_id].oid in targets):
+            keys.insert(0, queried)
+        with self.manager.engine.connect() as conn:
+            return [p.reference for p in patient_resources.live_for(conn, keys)]
+
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         fmt = negotiate(params.get("_format", []), environ.get("HTTP_ACCEPT", ""))
@@ -199,13 +217,13 @@ class PixmApp:
             if len(sources) != 1:
                 raise PixMissingField("exactly one sourceIdentifier is required", location="sourceIdentifier")
             source = token(sources[0], "sourceIdentifier")
-            targets = [RawIdentifier("", _authority(t), "targetSystem") for t in targets_text]
+            targets = [RawIdentifier("", authority(t), "targetSystem") for t in targets_text]
             answer = self.manager.query(source, targets)
             if answer.errors:
                 raise answer.errors[0]
             config = answer.config
             found = [(OID_PREFIX + config.by_id[i.domain_id].oid, i.value) for i in answer.identifiers]
-            resource = parameters(found)
+            resource = parameters(found, self._target_ids(answer, targets_text))
         except PixError as exc:
             status = exc.http_status
             known = type(exc) in DIAGNOSTICS

@@ -109,6 +109,13 @@ class UnlinkRequest:
     second: Sequence[RawIdentifier]
 
 
+@dataclass(frozen=True)
+class RemoveRequest:
+    """A source removed a patient (ITI-104 Remove Patient): every reference to the identifier goes."""
+
+    identifier: RawIdentifier
+
+
 @dataclass
 class Applied:
     response: bytes
@@ -131,7 +138,7 @@ class QueryAnswer:
 @dataclass(frozen=True)
 class _Feed:
     peer: Peer
-    request: LinkRequest | MergeRequest | UnlinkRequest
+    request: LinkRequest | MergeRequest | UnlinkRequest | RemoveRequest
     key: MessageKey | None
     response: bytes
 
@@ -250,7 +257,7 @@ class PixManager:
     def apply(
         self,
         peer: Peer,
-        request: LinkRequest | MergeRequest | UnlinkRequest,
+        request: LinkRequest | MergeRequest | UnlinkRequest | RemoveRequest,
         *,
         key: MessageKey | None,
         response: bytes,
@@ -346,6 +353,8 @@ class PixManager:
                 self._enqueue(conn, REGISTRY_DESTINATION, ITI8, registration)
         elif isinstance(feed.request, UnlinkRequest):
             changes, touched = self._unlink(conn, config, feed.peer, feed.request, want_sets)
+        elif isinstance(feed.request, RemoveRequest):
+            changes, touched = self._remove(conn, config, feed.peer, feed.request, want_sets)
         else:
             assert isinstance(feed.request, MergeRequest)
             changes, touched = self._merge(conn, config, feed.peer, feed.request, want_sets)
@@ -435,6 +444,16 @@ class PixManager:
         first, second = lists
         changes = xref.unlink(conn, first, second, want_sets=want_sets)
         return changes, [*first, *second]
+
+    def _remove(
+        self, conn: Connection, config: PixConfig, peer: Peer, request: RemoveRequest, want_sets: bool
+    ) -> tuple[list[xref.Change], list[Identifier]]:
+        """ITI-104 Remove Patient. The registry is not told: ITI-8 has no removal, and documents filed
+        under an affinity-domain identifier stay until their retention ends."""
+        raw = request.identifier
+        (ident,) = resolve_all(config, [raw], source_participant=peer.participant, check_sources=True)
+        change = xref.remove(conn, ident, want_sets=want_sets)
+        return ([change] if change is not None else []), [ident]
 
     # --- queries (ITI-9, ITI-45, ITI-83) ---
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -144,3 +146,37 @@ class PixOutbox(Base):
     last_error: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PixFhirPatient(Base):
+    """A Patient resource fed by ITI-104 (PIXm): one Patient Identity Source's record of one patient,
+    keyed by that source's identifier in its own domain (the ``identifier`` of the conditional update).
+    Only what the cross-reference needs is kept: the identifiers, ``active`` and the replaced-by link,
+    never the demographics the resource carried. A removed resource keeps its row (``deleted_at``) so
+    that a read of its logical id answers 410 Gone; the same identifier fed again is a new resource."""
+
+    __tablename__ = "pix_fhir_patient"
+    __table_args__ = (
+        Index(
+            "uq_pix_fhir_patient_live_key",
+            "domain_id",
+            "value",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    logical_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("pix_domain.id"), nullable=False)
+    value: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # JSON list of [OID, value]: the key identifier first, then the other identifiers linked with it.
+    identifiers: Mapped[str] = mapped_column(Text, nullable=False)
+    replaced_by_domain_id: Mapped[int | None] = mapped_column(ForeignKey("pix_domain.id"), nullable=True)
+    replaced_by_value: Mapped[str | None] = mapped_column(String(MAX_ID_LENGTH), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

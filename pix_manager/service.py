@@ -19,6 +19,7 @@ from clearinghouse.tls import client_context
 from pix_manager.auditing import PixAuditor
 from pix_manager.fhir import PATH as PIXM_PATH
 from pix_manager.fhir import PixmApp
+from pix_manager.fhir_feed import METADATA_PATH, PATIENT_PATH, PatientFeedApp
 from pix_manager.manager import PixManager
 from pix_manager.notify import ITI10, BatchHandler, InProcessLink, Link, MllpLink
 from pix_manager.v2 import PixV2Handler
@@ -57,6 +58,7 @@ class PixService:
             "ITI-8/ITI-9 PIX Manager (MLLP/TLS)": f"mllp+tls://{host}:{self.server.port}",
             "ITI-44/ITI-45 PIXv3 (SOAP)": f"https://{host}:{https_port}{V3_PATH}",
             "ITI-83 PIXm (FHIR)": f"https://{host}:{https_port}{PIXM_PATH}",
+            "ITI-104 PIXm feed (FHIR)": f"https://{host}:{https_port}{PATIENT_PATH}",
         }
 
 
@@ -110,4 +112,6 @@ def build_pix_service(
     )
     v3 = PixV3Service(manager, settings, auditor).endpoint()
     pixm = PixmApp(manager, auditor)
-    return PixService(manager, handler, server, v3, pixm, {V3_PATH: v3, PIXM_PATH: pixm})
+    feed = PatientFeedApp(manager, auditor)
+    routes = {V3_PATH: v3, PIXM_PATH: pixm, PATIENT_PATH: feed, PATIENT_PATH + "/": feed, METADATA_PATH: feed}
+    return PixService(manager, handler, server, v3, pixm, routes)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, tuple_, update
 
 from clearinghouse.errors import PixInvalidField, PixUnknownPatientId
 from pix_manager.identifiers import Identifier
@@ -31,7 +31,11 @@ _SELECT_PERSONS = select(I.c.patient_id, I.c.domain_id, I.c.value).where(
     I.c.patient_id.in_(bindparam("patients", expanding=True)), I.c.status == ACTIVE
 )
 _INSERT_PATIENT = insert(P).values(status=ACTIVE, created_at=bindparam("now"), updated_at=bindparam("now"))
-_INSERT_PATIENTS = insert(P).values(status=ACTIVE, created_at=bindparam("now"), updated_at=bindparam("now"))
+_INSERT_PATIENTS = (
+    insert(P)
+    .values(status=ACTIVE, created_at=bindparam("now"), updated_at=bindparam("now"))
+    .returning(P.c.id, sort_by_parameter_order=True)
+)
 _INSERT_IDENTIFIER = insert(I)
 _TOUCH_PATIENT = update(P).where(P.c.id == bindparam("patient")).values(updated_at=bindparam("now"))
 
@@ -80,9 +84,7 @@ def create_patients(conn: Connection, patients: Sequence[Sequence[Identifier]]) 
     """New persons, one per list of identifiers none of which is known yet: two set-based inserts
     (the common feed, a patient seen for the first time, costs no statement of its own)."""
     now = datetime.now(UTC)
-    result = conn.execute(
-        _INSERT_PATIENTS.returning(P.c.id, sort_by_parameter_order=True), [{"now": now}] * len(patients)
-    )
+    result = conn.execute(_INSERT_PATIENTS, [{"now": now}] * len(patients))
     ids = [int(i) for i in result.scalars()]
     rows = [
         {
@@ -288,6 +290,21 @@ def unlink(
         Change(person, True, [], [before], after.get(person, frozenset())),
         Change(split, True, [], [before], after.get(split, frozenset())),
     ]
+
+
+def remove(conn: Connection, ident: Identifier, *, want_sets: bool) -> Change | None:
+    """Remove Patient (ITI-104, PIXm 2:3.104.4.3.3): every reference to ``ident`` goes, the identifier
+    itself and the identifiers earlier merged into it (merges point straight at the surviving one, so
+    one level is all there is); its person keeps its other identifiers. None when it is not known."""
+    row = _rows(conn, [ident]).get(ident)
+    if row is None:
+        return None
+    before = person_identifiers(conn, [row.patient_id])[row.patient_id] if want_sets else frozenset()
+    now = datetime.now(UTC)
+    conn.execute(delete(I).where(or_(I.c.id == row.id, I.c.replaced_by == row.id)))
+    conn.execute(_TOUCH_PATIENT, {"patient": row.patient_id, "now": now})
+    after = person_identifiers(conn, [row.patient_id])[row.patient_id] if want_sets else frozenset()
+    return Change(row.patient_id, True, [], [before], after)
 
 
 def corresponding(conn: Connection, ident: Identifier, *, location: str) -> frozenset[Identifier]:
