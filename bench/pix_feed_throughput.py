@@ -14,6 +14,7 @@ per second and the ratio to the 2,000/s goal; exit code 0 when every message was
 stored (the figures are reported, not judged: they depend on the machine).
 
     .venv/bin/python bench/pix_feed_throughput.py [--messages 6000] [--database-url URL] [--keep]
+        [--phases 1,8] [--profile PREFIX]   # PREFIX-N.txt: py-spy collapsed stacks of phase N
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -117,6 +119,17 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server into collapsed stacks at ``out``: only threads holding the GIL, so the
+    samples are where the interpreter spends its (serialised) time, not where threads wait."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", out, "--nonblocking"]
+    cmd.append("--gil")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the phase starts
+    return proc
+
+
 def stored(db_url: str, run: str) -> tuple[int, int, int]:
     """Messages and identifiers stored for ``run``, and the number of writer transactions that stored
     them: the writer stamps every new patient of one transaction with the same time."""
@@ -136,6 +149,13 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=6000, help="messages per phase (default 6000)")
     ap.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite in the temp home)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (server.log)")
+    ap.add_argument(
+        "--profile",
+        default="",
+        metavar="PREFIX",
+        help="record the server with py-spy during each phase (PREFIX-1.txt, PREFIX-8.txt: collapsed stacks)",
+    )
+    ap.add_argument("--phases", default="1,8", help="connection counts to measure (default 1,8)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pix-bench-"))
     home = tmp / "home"
@@ -177,11 +197,15 @@ def main() -> int:
             f"PIX Manager ITI-8 throughput, {os.cpu_count()} CPU(s), database {db_url.split('://')[0]}, "
             f"{args.messages} ADT^A04 per phase, lock-step MLLP/TLS"
         )
-        for connections in (1, 8):
+        for connections in (int(c) for c in args.phases.split(",")):
             run = f"B{connections}{uuid.uuid4().hex[:6]}"
+            spy = profiler(server.pid, f"{args.profile}-{connections}.txt") if args.profile else None
             cpu_before = cpu_seconds(server.pid)
             seconds, failures = phase(pix, ctx, run, args.messages, connections)
             cpu_after = cpu_seconds(server.pid)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
             user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
             cpu = user + system
             total = args.messages // connections * connections

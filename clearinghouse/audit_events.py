@@ -329,6 +329,20 @@ class Auditor:
         log.info("no audit event is defined for HL7 %s^%s", msg.message_type, msg.trigger_event)
         return []
 
+    def hl7_frame_refused(self, listener: str, peer: Peer, address: str, reason: str) -> None:
+        """MllpServer.refusal_hook: a frame refused before any handler read it (too large, cut off)."""
+        host = address.rsplit(":", 1)[0]
+        self._emit_all(
+            lambda: [
+                audit.malformed_request(
+                    node=self.node,
+                    endpoint=f"mllp+tls://{self.node.hostname}/{listener}",
+                    peer=Party(peer.participant or peer.subject or host, host, peer.subject),
+                    reason=reason,
+                )
+            ]
+        )
+
     def hl7_refused(self, transaction: str, peer: Peer, reason: str) -> None:
         self._emit_all(
             lambda: [

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from clearinghouse.errors import HL7Error
 
@@ -104,9 +105,16 @@ def unescape(text: str, seps: Separators, encoding: str = "ascii") -> str:
     return "".join(out)
 
 
+# Printable ASCII and anything beyond it except DEL: no control character that escape() must encode.
+_PLAIN = re.compile(r"[^\x00-\x1f\x7f]*")
+
+
 def escape(text: str, seps: Separators) -> str:
     """Escape a value for a field; control characters become \\Xhh\\ so that no CR (segment end)
     or MLLP block character can ever reach the wire inside a value."""
+    specials = (seps.field, seps.component, seps.repetition, seps.escape, seps.subcomponent)
+    if _PLAIN.fullmatch(text) and not any(c and c in text for c in specials):
+        return text  # the common case (identifiers, names): nothing to escape, no per-character loop
     esc = seps.escape
     table = {
         esc: f"{esc}E{esc}",
@@ -156,6 +164,8 @@ class Segment:
 
 
 def _nth(text: str, sep: str, n: int) -> str:
+    if sep not in text:  # most values have one repetition, component and subcomponent: no list to build
+        return text if n == 1 else ""
     parts = text.split(sep)
     return parts[n - 1] if 1 <= n <= len(parts) else ""
 
@@ -192,48 +202,49 @@ class Message:
     def header(self) -> Segment:
         return self._segments[0]
 
-    # MSH fields (for HD fields such as MSH-3, the first component: the namespace id).
-    @property
+    # MSH fields (for HD fields such as MSH-3, the first component: the namespace id). Read once each:
+    # a message is not changed after parsing, and handlers, hooks and observers ask for them many times.
+    @cached_property
     def sending_application(self) -> str:  # MSH-3, namespace id
         return self.header.get(3, 1)
 
-    @property
+    @cached_property
     def sending_facility(self) -> str:  # MSH-4
         return self.header.get(4, 1)
 
-    @property
+    @cached_property
     def receiving_application(self) -> str:  # MSH-5
         return self.header.get(5, 1)
 
-    @property
+    @cached_property
     def receiving_facility(self) -> str:  # MSH-6
         return self.header.get(6, 1)
 
-    @property
+    @cached_property
     def message_type(self) -> str:  # MSH-9.1, e.g. ADT
         return self.header.get(9, 1)
 
-    @property
+    @cached_property
     def trigger_event(self) -> str:  # MSH-9.2, e.g. A01
         return self.header.get(9, 2)
 
-    @property
+    @cached_property
     def message_structure(self) -> str:  # MSH-9.3, e.g. ADT_A01
         return self.header.get(9, 3)
 
-    @property
+    @cached_property
     def control_id(self) -> str:  # MSH-10
         return self.header.get(10, 1)
 
-    @property
+    @cached_property
     def processing_id(self) -> str:  # MSH-11 (P, D or T)
         return self.header.get(11, 1)
 
-    @property
+    @cached_property
     def version(self) -> str:  # MSH-12.1
         return self.header.get(12, 1)
 
-    @property
+    @cached_property
     def charset(self) -> str:  # MSH-18, first repetition
         return self.header.get(18, 1)
 

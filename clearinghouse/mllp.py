@@ -120,6 +120,10 @@ class MllpServer:
     # Called after each answered message with (listener name, peer, address, message, response);
     # set by the composition (clearinghouse.audit_events.Auditor.hl7_message). Must not raise.
     audit_hook: Callable[[str, Peer, str, bytes, bytes], None] | None = None
+    # Called for each frame refused before it reached the handler (over the size limit, cut off by the
+    # connection's end, a timeout or a read error inside it) with (listener name, peer, address, reason);
+    # set by the composition (clearinghouse.audit_events.Auditor.hl7_frame_refused). Must not raise.
+    refusal_hook: Callable[[str, Peer, str, str], None] | None = None
 
     def __init__(
         self,
@@ -259,12 +263,24 @@ class MllpServer:
                 message = read_frame(stream.recv, buffer, self.max_message_bytes)
             except MllpFrameTooLarge as exc:
                 log.warning("%s: %s from %s (%r): refused, closing", self.name, exc, address, peer.subject)
+                # Audited before the answer goes out, like every other refusal (docs/atna.md).
+                self._refused(peer, address, f"{exc}; the message was refused unread ({_header_hint(exc.prefix)})")
                 self._refuse_oversized(stream, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - timeouts, resets, TLS errors, truncated frames
-                if not self._stopping.is_set():
-                    reason = str(exc) or type(exc).__name__
-                    log.info("%s: connection from %s closed: %s", self.name, address, reason)
+                if self._stopping.is_set():
+                    return
+                reason = str(exc) or type(exc).__name__
+                log.info("%s: connection from %s closed: %s", self.name, address, reason)
+                if isinstance(exc, MllpFrameError) or buffer.find(START_BLOCK) >= 0:
+                    # A frame was begun and never ended: whatever it carried is dropped unread and unstored.
+                    pending = buffer[buffer.find(START_BLOCK) + 1 :] if buffer.find(START_BLOCK) >= 0 else b""
+                    self._refused(
+                        peer,
+                        address,
+                        f"incomplete MLLP frame ({len(pending)} bytes, no end block): {reason}; "
+                        f"nothing was stored ({_header_hint(bytes(pending[:4096]))})",
+                    )
                 return
             if message is None:
                 log.debug("%s: %s closed the connection", self.name, address)
@@ -295,6 +311,15 @@ class MllpServer:
         except hl7.MalformedMessage as exc:
             return hl7.build_ack(exc.partial, "AE", error=error)
 
+    def _refused(self, peer: Peer, address: str, reason: str) -> None:
+        hook = self.refusal_hook
+        if hook is None:
+            return
+        try:
+            hook(self.name, peer, address, reason)
+        except Exception:  # noqa: BLE001 - auditing never changes the answer
+            log.exception("%s: refusal audit hook failed", self.name)
+
     def _refuse_oversized(self, stream: TlsStreamLike, exc: MllpFrameTooLarge) -> None:
         error = HL7Error(f"message exceeds the {exc.limit}-byte limit of this server", ack_code="AR", error_code="207")
         try:
@@ -312,6 +337,17 @@ class MllpServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _header_hint(prefix: bytes) -> str:
+    """What the refused frame said it was (MSH-9 and MSH-10), for the audit record and the log."""
+    try:
+        msg = hl7.header_of(prefix) if prefix else None
+    except Exception:  # noqa: BLE001 - hostile bytes: the hint is only a courtesy
+        msg = None
+    if msg is None:
+        return "no readable MSH segment"
+    return f"MSH-9 {msg.message_type}^{msg.trigger_event}, MSH-10 {msg.control_id!r}"
 
 
 def _drain(sock: socket.socket) -> None:

@@ -45,8 +45,12 @@ def _bump(conn: Connection) -> None:
     conn.execute(update(V).where(V.c.id == 1).values(version=V.c.version + 1))
 
 
+# Read at every feed transaction (ConfigCache): built once, as building it cost more than running it.
+_SELECT_VERSION = select(V.c.version).where(V.c.id == 1)
+
+
 def config_version(conn: Connection) -> int:
-    return int(conn.execute(select(V.c.version).where(V.c.id == 1)).scalar_one())
+    return int(conn.execute(_SELECT_VERSION).scalar_one())
 
 
 def load_config(conn: Connection) -> PixConfig:

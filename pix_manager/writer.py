@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,10 +35,11 @@ class WriterStopped(RuntimeError):
 
 
 class _Job:
-    __slots__ = ("item", "done", "value", "error")
+    __slots__ = ("item", "done", "value", "error", "sender")
 
     def __init__(self, item: Any) -> None:
         self.item = item
+        self.sender = threading.get_ident()  # the calling thread: one per connection, for the gathering
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -50,7 +52,10 @@ class _Job:
 class GroupCommitWriter:
     """Stores items through ``handler(connection, items)`` on one thread; see the module docstring."""
 
-    linger_seconds = 0.0005
+    # At most this long gathering a transaction under load: small beside a commit (a disk flush).
+    linger_seconds = 0.005
+    # A caller counts as active (worth waiting for) this long after its last item.
+    active_seconds = 0.05
 
     def __init__(
         self,
@@ -101,20 +106,29 @@ class GroupCommitWriter:
         return job.value
 
     def _run(self) -> None:
-        previous = 1
+        recent: dict[int, float] = {}  # caller thread -> when its last item arrived here
         while True:
             job = self._queue.get()
             if job is None:
                 self._close()
                 return
             batch = [job]
-            # Under load (the last transaction carried several items) wait a moment for the senders
-            # whose acknowledgements just went out: their next messages join this transaction instead
-            # of each costing a commit. A lone sender (one item at a time) never waits.
-            linger = self.linger_seconds if previous > 1 else 0.0
+            now = time.monotonic()
+            # Under load (several callers active within the last moments) wait a little for those whose
+            # answers just went out: lock-step senders come straight back, and their next items then
+            # join this transaction instead of forming a second cohort that commits on its own (eight
+            # senders would otherwise settle into two alternating commits of four). The wait ends once
+            # every recently active caller is here, or at the deadline; a lone sender never waits.
+            recent[job.sender] = now
+            for sender, seen in list(recent.items()):
+                if now - seen > self.active_seconds:
+                    del recent[sender]
+            expected = len(recent)
+            deadline = now + self.linger_seconds if expected > 1 else 0.0
             while len(batch) < self._max_batch:
+                left = deadline - time.monotonic() if len(batch) < expected else 0.0
                 try:
-                    more = self._queue.get(timeout=linger) if linger else self._queue.get_nowait()
+                    more = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
@@ -122,7 +136,7 @@ class GroupCommitWriter:
                     self._close()
                     return
                 batch.append(more)
-            previous = len(batch)
+                recent[more.sender] = now
             self._execute(batch)
 
     def _execute(self, batch: list[_Job], *, retry_conflict: bool = True) -> None:

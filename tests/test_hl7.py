@@ -74,6 +74,15 @@ class TestParse:
         assert not set("|^&~\r\x1c") & set(escaped)
         assert hl7.unescape(escaped, seps) == text
 
+    def test_escape_leaves_plain_values_alone_and_honours_the_message_separators(self):
+        default, odd = hl7.Separators(), hl7.Separators(field="#", component="@", repetition="*", subcomponent="$")
+        for plain in ("M12345", "MÜLLER ZOË", "1.2.840.114350", ""):
+            assert hl7.escape(plain, default) == plain and hl7.escape(plain, odd) == plain
+        # What is plain under one set of separators is a delimiter under another, and the reverse.
+        assert hl7.escape("a#b@c*d$e", odd) == r"a\F\b\S\c\R\d\T\e"
+        assert hl7.escape("a|b^c", odd) == "a|b^c"
+        assert hl7.escape("tab\there\x7f", default) == "tab\\X09\\here\\X7F\\"
+
     def test_charset_utf8(self):
         data = adt("2.5", pid="PID|||X||MÜLLER^ZOË", extra_msh="||||||UNICODE UTF-8")
         msg = hl7.parse_message(data)

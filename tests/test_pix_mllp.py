@@ -4,10 +4,12 @@ mode), duplicate control, character sets, assigning authorities and malformed in
 
 from __future__ import annotations
 
+import socket
 import time
 
 import edge
 import pytest
+from atna_client import agents_by_role, resources, search, wait_for
 from pix_samples import (
     AFFINITY,
     RawMllp,
@@ -356,26 +358,48 @@ class TestMalformedInput:
         assert msa(answer) == "AR" and errors(answer) == [("102", "MSH^1^2")]
 
     def test_truncated_frame_stores_nothing_and_the_port_keeps_serving(self, clearinghouse, site):
-        mrn = uid()
+        mrn, control = uid(), "T" + uid()[:15]
         raw = RawMllp(clearinghouse.pix_port, clearinghouse.identities["edge"].context())
-        raw.sock.sendall(b"\x0b" + adt("A04", site.cx(mrn)).encode()[:-10])  # no end block
+        raw.sock.sendall(b"\x0b" + adt("A04", site.cx(mrn), control=control).encode()[:-10])  # no end block
         raw.close()
         time.sleep(0.2)
         assert errors(query(clearinghouse, site.cx(mrn))) == [("204", "QPD^1^3^1^1")]
+        # Refused unread, yet audited: a Security Alert naming the sender and what the frame said it was.
+        ev = _refusal_event(clearinghouse, control)
+        assert "incomplete MLLP frame" in ev["outcomeDesc"] and "ADT^A04" in ev["outcomeDesc"]
 
     def test_frame_larger_than_the_limit(self, clearinghouse, site):
-        mrn = uid()
+        mrn, control = uid(), "L" + uid()[:15]
         limit = clearinghouse.settings.max_hl7_message_bytes
-        big = adt("A04", site.cx(mrn), version="2.5").replace("PV1||O", "NTE|1||" + "x" * limit).encode()
+        big = adt("A04", site.cx(mrn), version="2.5", control=control)
+        big = big.replace("PV1||O", "NTE|1||" + "x" * limit).encode()
         raw = RawMllp(clearinghouse.pix_port, clearinghouse.identities["edge"].context())
         try:
             raw.send(big)
             answer = raw.read()
             assert msa(answer) == "AR" and errors(answer)[0][0] == "207"
+            assert hl7.parse_message(answer).get("MSA", 2) == control
             assert raw.read(timeout=5) is None  # and the connection is closed
         finally:
             raw.close()
         assert errors(query(clearinghouse, site.cx(mrn))) == [("204", "QPD^1^3^1^1")]
+        ev = _refusal_event(clearinghouse, control)
+        assert f"exceeds the {limit}-byte limit" in ev["outcomeDesc"] and "ADT^A04" in ev["outcomeDesc"]
+
+
+def _refusal_event(clearinghouse, control: str) -> dict:
+    """The Security Alert (Malformed request refused, DCM 110113 / our subtype) recorded for a frame the
+    PIX port refused unread, found through ITI-81 by the control id its description names."""
+    params = [("subtype", "malformed-request"), ("agent", "edge"), ("entity-id", f"mllp+tls://{socket.getfqdn()}/pix")]
+
+    def found() -> dict | None:
+        return next((ev for ev in resources(search(clearinghouse, params)) if control in ev["outcomeDesc"]), None)
+
+    ev = wait_for(found, 15, f"the audit record of the refused frame {control}")
+    assert ev["type"]["code"] == "110113" and ev["action"] == "E" and ev["outcome"] == "4"
+    offender = agents_by_role(ev)["110153"]
+    assert offender["name"].startswith("CN=edge,") and offender["network"]["address"] == "127.0.0.1"
+    return ev
 
 
 class TestCharacterSets:
