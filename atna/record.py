@@ -62,6 +62,8 @@ def iso(when: datetime | None) -> str | None:
     """Fixed-width UTC text: sorts as time does, on every database."""
     if when is None:
         return None
+    if when.tzinfo is UTC:  # the usual case (receipt times, parsed event times), without two conversions
+        return when.isoformat(timespec="microseconds")[:-6] + "Z"
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
@@ -105,10 +107,47 @@ ROW_KEYS = (
 )
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A derived record as the writer wants it: the column values in ROW_KEYS order, the raw bytes, the
+    index entries, and ``tail``, the JSON of the values, so that the writer (one thread: the serial part)
+    only hashes: ``canonical(row) == b"[" + id + b"," + tail[1:]`` (see ``chained_hash``)."""
+
+    values: tuple[Any, ...]
+    raw: bytes
+    index: list[tuple[str, str, str]]
+    tail: bytes
+
+    def derived(self) -> Derived:
+        row = dict(zip(ROW_KEYS, self.values, strict=True))
+        row["raw"] = self.raw
+        return Derived(row, self.index)
+
+
+def prepare(d: Derived) -> Prepared:
+    values = tuple(d.row[k] for k in ROW_KEYS)
+    return Prepared(values, d.row["raw"], d.index, _json(values))
+
+
+def _json(values: tuple[Any, ...]) -> bytes:
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def chained_hash(previous: str, record_id: int, tail: bytes) -> str:
+    """``link_hash`` of the row whose ROW_KEYS values have the JSON ``tail``, given its id."""
+    return hashlib.sha256(b"%s\n[%d,%s" % (previous.encode(), record_id, tail[1:])).hexdigest()
+
+
+def data_offset(payload: bytes) -> int:
+    """Where the message bytes start in a spool payload (``Received.encode``)."""
+    _, _, _, la, ls, ln = _FIXED.unpack_from(payload)
+    return _FIXED.size + la + ls + ln
+
+
 def derive_payloads(payloads: list[bytes], max_xml_depth: int) -> bytes:
-    """``derive`` for a batch of spool payloads, for a parse worker process: the rows as tuples in ROW_KEYS
-    order (without the raw bytes, which the caller has) with their index entries, marshalled (several
-    times cheaper than pickling many small tuples; both ends are the same interpreter)."""
+    """``prepare(derive(...))`` for a batch of spool payloads, for a parse worker process, without the raw
+    bytes (the caller has them), marshalled (several times cheaper than pickling many small tuples; both
+    ends are the same interpreter)."""
     out = []
     for payload in payloads:
         rec = Received.decode(payload)
@@ -117,23 +156,17 @@ def derive_payloads(payloads: list[bytes], max_xml_depth: int) -> bytes:
         except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the record: keep the bytes
             d = unread(rec, f"the repository could not read this record: {exc}")
         row = d.row
-        out.append((tuple(row[k] for k in ROW_KEYS), d.index))
+        values = tuple([row[k] for k in ROW_KEYS])
+        out.append((values, d.index, _json(values)))
     return marshal.dumps(out)
 
 
-def rebuilt(data: bytes, payloads: list[bytes]) -> list[Derived]:
-    """The Deriveds of ``derive_payloads(payloads)``, with each record's raw bytes put back."""
+def rebuilt(data: bytes, payloads: list[bytes]) -> list[Prepared]:
+    """The Prepareds of ``derive_payloads(payloads)``, with each record's raw bytes put back."""
     return [
-        rebuild(values, index, Received.decode(p).data)
-        for p, (values, index) in zip(payloads, marshal.loads(data), strict=True)
+        Prepared(values, p[data_offset(p) :], index, tail)
+        for p, (values, index, tail) in zip(payloads, marshal.loads(data), strict=True)
     ]
-
-
-def rebuild(values: tuple[Any, ...], index: list[tuple[str, str, str]], raw: bytes) -> Derived:
-    """A Derived from what ``derive_payloads`` returned and the record's raw bytes."""
-    row = dict(zip(ROW_KEYS, values, strict=True))
-    row["raw"] = raw
-    return Derived(row, index)
 
 
 def derive(rec: Received, *, max_xml_depth: int = 32) -> Derived:
@@ -196,27 +229,22 @@ def unread(rec: Received, reason: str) -> Derived:
 
 def index_entries(p: ParsedAudit) -> list[tuple[str, str, str]]:
     """The multi-valued search keys of a message: event types, entities, patients, agents, addresses."""
+    keys = [("subtype", t.system, t.code) for t in p.event_types]
+    for o in p.objects:
+        keys.append(("entity", o.id_type.code if o.id_type else "", o.object_id))
+        if o.type_code == "1" and o.role == "1":
+            keys.append(("patient", "", o.object_id))
+            value, oid = split_cx(o.object_id)
+            if oid:
+                keys.append(("patient", f"urn:oid:{oid}", value))
+    for a in p.participants:
+        keys += (("agent", "", a.user_id), ("agent", "", a.user_name), ("address", "", a.address))
     seen: dict[tuple[str, str, str], None] = {}
-
-    def add(kind: str, system: str, value: str) -> None:
+    for kind, system, value in keys:
         if value:
             if len(value) > W_VALUE or len(system) > W_SYSTEM or "\x00" in value:
                 system, value = _cut(system, W_SYSTEM), _cut(value, W_VALUE)
             seen[(kind, system, value)] = None
-
-    for t in p.event_types:
-        add("subtype", t.system, t.code)
-    for o in p.objects:
-        add("entity", o.id_type.code if o.id_type else "", o.object_id)
-        if o.type_code == "1" and o.role == "1":
-            add("patient", "", o.object_id)
-            value, oid = split_cx(o.object_id)
-            if oid:
-                add("patient", f"urn:oid:{oid}", value)
-    for a in p.participants:
-        add("agent", "", a.user_id)
-        add("agent", "", a.user_name)
-        add("address", "", a.address)
     return list(seen)
 
 

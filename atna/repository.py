@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from atna import store
-from atna.record import Derived, Received, derive, derive_payloads, rebuilt, unread
+from atna.record import Derived, Prepared, Received, derive, derive_payloads, prepare, rebuilt, unread
 from atna.spool import Position, Spool
 
 log = logging.getLogger("atna")
@@ -39,6 +39,8 @@ POOL_THRESHOLD = 1000
 # imports the application), so that they are ready when a backlog comes; until then parse here.
 WARM_THRESHOLD = 100
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+# How long the idle drainer lets new records gather before it reads them (they are already durable).
+GATHER_SECONDS = 0.05
 
 
 class AuditRecordRepository:
@@ -51,9 +53,11 @@ class AuditRecordRepository:
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
-        # Parsing is most of the CPU per record: under a backlog it moves to worker processes, leaving one
-        # core to the receivers and the database writer.
-        self._workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+        # Parsing is most of the CPU per record (about twice what receiving and writing a record cost the
+        # server process): under a backlog it moves to worker processes, one per core, so that the cores the
+        # receivers and the writer leave idle parse too (the OS shares them out; docs/benchmarks.md, ATNA).
+        cores = os.cpu_count() or 1
+        self._workers = 0 if cores < 2 else min(4, cores)
         self._pool: ProcessPoolExecutor | None = None
         self._warm: Future[bytes] | None = None  # done once every worker has started
 
@@ -116,7 +120,7 @@ class AuditRecordRepository:
     def _drain_loop(self) -> None:
         # Batches are read ahead and parsed (in worker processes when there is a backlog) while the
         # previous batch is being written: parsing is CPU work that one interpreter cannot overlap.
-        inflight: deque[tuple[Future[list[Derived]], list[bytes], Position]] = deque()
+        inflight: deque[tuple[Future[list[Prepared]], list[bytes], Position]] = deque()
         read_at = self._position
         failures = 0
         while not self._stopping.is_set():
@@ -129,7 +133,10 @@ class AuditRecordRepository:
                     read_at = after
                 if not inflight:
                     self.spool.release(self._position)
-                    self.spool.wait_beyond(self._position, 0.5)
+                    if self.spool.wait_beyond(self._position, 0.5):
+                        # Records are durable in the spool already; letting a busy node's next ones gather
+                        # makes one transaction of many instead of one per record (docs/benchmarks.md, PIX).
+                        self._stopping.wait(GATHER_SECONDS)
                     continue
                 future, payloads, after = inflight[0]
                 derived = future.result()
@@ -139,6 +146,8 @@ class AuditRecordRepository:
                 if after[0] != segment:
                     self.spool.release(after)  # under sustained load the drainer is never idle
                 failures = 0
+                if not inflight and len(payloads) < BATCH_RECORDS:
+                    self._stopping.wait(GATHER_SECONDS)  # a steady trickle, not a backlog: gather it too
             except (OperationalError, DBAPIError, OSError) as exc:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
@@ -153,8 +162,8 @@ class AuditRecordRepository:
         for future, _, _ in inflight:
             future.cancel()
 
-    def _parse(self, payloads: list[bytes]) -> Future[list[Derived]]:
-        done: Future[list[Derived]] = Future()
+    def _parse(self, payloads: list[bytes]) -> Future[list[Prepared]]:
+        done: Future[list[Prepared]] = Future()
         if not payloads:
             done.set_result([])
             return done
@@ -201,7 +210,7 @@ class AuditRecordRepository:
             self._position = after
             self._idle.notify_all()
 
-    def _store(self, derived: list[Derived], after: Position) -> None:
+    def _store(self, derived: list[Prepared], after: Position) -> None:
         if not derived:
             self._advance(after)
             return
@@ -222,20 +231,20 @@ class AuditRecordRepository:
                             continue
                         except DBAPIError as one:
                             failure = one
-                    store.append(conn, [_fallback(d, str(failure.orig))])
+                    store.append(conn, [_fallback(d.derived(), str(failure.orig))])
                 store.append(conn, [], (self.spool.spool_id, *after))
         with self._idle:
             self.stored += len(derived)
             self._position = after
             self._idle.notify_all()
 
-    def _derive(self, payload: bytes) -> Derived:
+    def _derive(self, payload: bytes) -> Prepared:
         rec = Received.decode(payload)
         try:
-            return derive(rec, max_xml_depth=self.max_xml_depth)
+            return prepare(derive(rec, max_xml_depth=self.max_xml_depth))
         except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the record: keep the bytes
             log.exception("audit record could not be read; storing it unread")
-            return unread(rec, f"the repository could not read this record: {exc}")
+            return prepare(unread(rec, f"the repository could not read this record: {exc}"))
 
 
 def _fallback(d: Derived, reason: str) -> Derived:

@@ -76,6 +76,7 @@ class AuditService:
             client.audit_hook = functools.partial(self.auditor.soap_call, url)
         for listener in listeners:
             listener.audit_hook = self.auditor.hl7_message
+            listener.refusal_hook = self.auditor.hl7_frame_refused
         for handler in feed_handlers:
             handler.audit_refused = self.auditor.hl7_refused
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from atna.models import AuditChain, AuditIndex, AuditRecord, AuditSpoolCheckpoint
-from atna.record import CHAINED, GENESIS_HASH, Derived, link_hash
+from atna.record import CHAINED, GENESIS_HASH, ROW_KEYS, Derived, Prepared, chained_hash, link_hash, prepare
 
 RECORD = AuditRecord.__table__
 INDEX = AuditIndex.__table__
@@ -25,25 +25,26 @@ CHECKPOINT = AuditSpoolCheckpoint.__table__
 
 
 def append(
-    conn: Connection, derived: Sequence[Derived], checkpoint: tuple[str, int, int] | None = None
+    conn: Connection, derived: Sequence[Derived | Prepared], checkpoint: tuple[str, int, int] | None = None
 ) -> tuple[int, int]:
     """Chain and insert ``derived`` in order inside the caller's transaction; returns (first id, last id)."""
     # Lock the head before reading it: the UPDATE is what serialises writers.
     conn.execute(update(CHAIN).where(CHAIN.c.id == 1).values(last_id=CHAIN.c.last_id))
     last_id, last_hash = conn.execute(select(CHAIN.c.last_id, CHAIN.c.last_hash).where(CHAIN.c.id == 1)).one()
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     index: list[tuple[Any, ...]] = []
     next_id, prev = last_id, last_hash
     for d in derived:
+        p = d if isinstance(d, Prepared) else prepare(d)
         next_id += 1
-        row = dict(d.row)
-        row["id"] = next_id
-        row["prev_hash"] = prev
-        prev = row["hash"] = link_hash(prev, row)
-        rows.append(row)
-        index.extend((next_id, k, s, v) for k, s, v in d.index)
+        values = p.values
+        digest = chained_hash(prev, next_id, p.tail)
+        # RECORD_COLUMNS order (checked below): id, the values but the last, raw, raw_sha256, prev, hash.
+        rows.append((next_id, *values[:-1], p.raw, values[-1], prev, digest))
+        prev = digest
+        index.extend([(next_id, k, s, v) for k, s, v in p.index])
     if rows:
-        _insert_many(conn, RECORD, RECORD_COLUMNS, [tuple(r[c] for c in RECORD_COLUMNS) for r in rows])
+        _insert_many(conn, RECORD, RECORD_COLUMNS, rows)
         if index:
             _insert_many(conn, INDEX, INDEX_COLUMNS, index)
         conn.execute(update(CHAIN).where(CHAIN.c.id == 1).values(last_id=next_id, last_hash=prev))
@@ -58,6 +59,8 @@ def append(
 
 
 RECORD_COLUMNS = tuple(RECORD.c.keys())
+if RECORD_COLUMNS != ("id", *ROW_KEYS[:-1], "raw", ROW_KEYS[-1], "prev_hash", "hash"):
+    raise RuntimeError("atna.store.append builds audit_record rows positionally; ROW_KEYS no longer match the table")
 INDEX_COLUMNS = ("record_id", "kind", "system", "value")
 
 

@@ -117,6 +117,7 @@ TRANSACTION_NAMES = {
     "ITI-62": "Delete Document Set",
     "ITI-81": "Retrieve ATNA Audit Event",
     "ITI-86": "Remove Documents",
+    "ITI-104": "Patient Identity Feed FHIR",
     "RAD-68": "Provide and Register Imaging Document Set - MTOM/XOP",
     "RAD-69": "Retrieve Imaging Document Set",
 }
@@ -249,8 +250,17 @@ def _clean(value: str) -> str:
     return _NOT_XML.sub("\ufffd", value)
 
 
+# A value with none of these (and nothing _clean replaces) is quoted as is: most are, and
+# quoteattr's replace chain was a large part of building each audit message (docs/benchmarks.md, PIX).
+_ATTR_PLAIN = re.compile('[^&<>"\n\r\t\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*')
+
+
+def _quoteattr(value: str) -> str:
+    return f'"{value}"' if _ATTR_PLAIN.fullmatch(value) else quoteattr(_clean(value))
+
+
 def _attrs(pairs: Iterable[tuple[str, str]]) -> str:
-    return "".join(f" {k}={quoteattr(_clean(v))}" for k, v in pairs if v != "")
+    return "".join(f" {k}={_quoteattr(v)}" for k, v in pairs if v != "")
 
 
 def _coded(tag: str, c: Code) -> str:

@@ -59,7 +59,8 @@ def parse_xml(data: bytes, *, max_bytes: int, max_depth: int) -> etree._Element:
     """Parse ``data`` as a single XML document under the hardening rules."""
     if len(data) > max_bytes:
         raise XmlRejected(f"XML document of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    if _DTD_MARKERS.search(data):
+    # Every marker starts with "<!": a plain substring test spares most documents the regular expression.
+    if b"<!" in data and _DTD_MARKERS.search(data):
         raise XmlRejected("XML document type declarations (DTDs, entities) are not accepted")
     try:
         root = etree.fromstring(data, _parser())
