@@ -19,7 +19,7 @@ Then, for random patients, it times in the same run, interleaved:
   DocumentEntry rows (every column, XML included) of the patient and the identifiers merged into
   it, with the status and entry type asked for, in the same order -- on a held psycopg cursor;
 - for information (not judged), the same query as a SOAP 1.2 envelope posted to the registry's
-  endpoint in process (WSGI: envelope checks, spyne dispatch, the response envelope; no TLS/HTTP);
+  endpoint in process (WSGI: envelope checks, dispatch, the response envelope; no TLS/HTTP);
 - GetSubmissionSetAndContents for the same patient's SubmissionSet, for reference;
 
 and prints p50 / p99 of each, the ratios to the bare lookup, the CPU time per query of this process

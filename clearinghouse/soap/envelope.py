@@ -78,6 +78,37 @@ def to_bytes(element: etree._Element) -> bytes:
     return etree.tostring(element, xml_declaration=True, encoding="UTF-8")
 
 
+def _xml_text(value: str) -> bytes:
+    # What libxml2 escapes in character data; a CR stays a reference so that it survives parsing.
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;").encode()
+
+
+def _reply_template() -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    # Cut from lxml's own serialisation of a reply envelope, so the layout is exactly envelope() + to_bytes().
+    marks = ("ACTION-0b7c1e", "MESSAGEID-0b7c1e", "RELATESTO-0b7c1e")
+    text = to_bytes(envelope(None, action=marks[0], message_id=marks[1], relates_to=marks[2]))
+    parts = []
+    for mark in marks:
+        head, _, text = text.partition(mark.encode())
+        parts.append(head)
+    head, empty, tail = text.partition(b"<s:Body/>")
+    assert empty, "a reply envelope ends with an empty Body"
+    return parts[0], parts[1], parts[2], head + b"<s:Body>", b"</s:Body>" + tail
+
+
+_REPLY = _reply_template()
+
+
+def reply_bytes(body_xml: bytes, *, action: str, relates_to: str) -> bytes:
+    """``to_bytes(envelope(body, action=action, relates_to=relates_to))`` for a body already serialised
+    (UTF-8, no XML declaration): written around those bytes rather than building the header as elements
+    (a third of the SOAP endpoint's own cost of an ITI-18 answer)."""
+    if not relates_to:
+        raise ValueError("a reply relates to the request's MessageID")
+    p0, p1, p2, p3, p4 = _REPLY
+    return b"".join((p0, _xml_text(action), p1, new_message_id().encode(), p2, _xml_text(relates_to), p3, body_xml, p4))
+
+
 def header_value(env: etree._Element, local: str) -> str | None:
     el = env.find(f"{{{SOAP}}}Header/{{{WSA}}}{local}")
     if el is None or el.text is None:
