@@ -240,13 +240,14 @@ class RetentionCoordinator:
         settings: Settings,
         *,
         purge_registry: PurgeRegistry,
-        registered: Registered | None,
+        registered: Registered,
         held_before: HeldBefore,
         remove_documents: RemoveDocuments,
         emit: Callable[[AuditMessage], None],
         node: AuditNode,
     ) -> None:
-        """``registered`` None: the registry is remote and the sweep is not run (docs/retention.md)."""
+        """``registered`` says which of a page of uniqueIds the registry still names: this node's registry
+        tables, or ``RemoteRegistryLookup`` when the registry is remote (docs/retention.md)."""
         self.settings = settings
         self.purge_registry = purge_registry
         self.registered = registered
@@ -282,7 +283,7 @@ class RetentionCoordinator:
                 self._remove(released, report)
                 if len(batch) < batch_size:
                     break
-            if self.registered is not None and not report.errors:
+            if not report.errors:
                 self._sweep(now, report)
         log.info(
             "retention purge at %s: %d submission(s), %d document(s) removed, %d unreferenced swept, %d error(s)",
@@ -317,7 +318,6 @@ class RetentionCoordinator:
                 report.documents_removed += removed
 
     def _sweep(self, now: datetime, report: PurgeReport) -> None:
-        assert self.registered is not None
         cutoff = now - timedelta(hours=self.settings.retention_sweep_grace_hours)
         after = ""
         while True:
