@@ -420,20 +420,6 @@ class PatientFeedApp:
             return _send(start_response, 404, operation_outcome("not-found", f"no Patient/{rest}"), fmt)
         domain = config.by_id.get(stored.key.domain_id)
         patient_id = _cx(domain.oid, stored.key.value) if domain is not None else ""
-        if stored.deleted:
-            if self.auditor is not None:
-                self.auditor.fhir_feed(
-                    action="R",
-                    peer=peer,
-                    address=address,
-                    endpoint=endpoint,
-                    patient_id=patient_id,
-                    resource=stored.reference,
-                    outcome=audit.MINOR_FAILURE,
-                    description="the Patient resource was removed",
-                    transaction=None,
-                )
-            return _send(start_response, 410, operation_outcome("deleted", f"{stored.reference} was removed"), fmt)
         if self.auditor is not None:
             self.auditor.fhir_feed(
                 action="R",
@@ -442,10 +428,12 @@ class PatientFeedApp:
                 endpoint=endpoint,
                 patient_id=patient_id,
                 resource=stored.reference,
-                outcome=audit.SUCCESS,
-                description="",
+                outcome=audit.MINOR_FAILURE if stored.deleted else audit.SUCCESS,
+                description="the Patient resource was removed" if stored.deleted else "",
                 transaction=None,
             )
+        if stored.deleted:
+            return _send(start_response, 410, operation_outcome("deleted", f"{stored.reference} was removed"), fmt)
         headers = [
             ("ETag", f'W/"{stored.version}"'),
             ("Last-Modified", format_datetime(stored.updated_at, usegmt=True)),
