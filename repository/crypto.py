@@ -17,7 +17,6 @@ empty final segment), so its sealed length is known from n alone: see docs/decis
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -25,15 +24,24 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from clearinghouse.segmented_aead import (
+    HEADER,
+    MAGIC,
+    PREFIX_LEN,
+    SEGMENT,
+    TAG,
+    VERSION,
+    segment_count,
+)
+from clearinghouse.segmented_aead import aad as _aad
+from clearinghouse.segmented_aead import nonce as _nonce
+from clearinghouse.segmented_aead import (
+    sealed_size as sealed_size,  # re-exported: the sealed store sizes objects with it
+)
+
 SCHEME = "aes-256-gcm-stream-v1"
 PLAINTEXT = "none"
-MAGIC = b"ISNC"
-VERSION = 1
-SEGMENT = 1 << 20
-TAG = 16
-PREFIX_LEN = 7
 MAX_SEGMENTS = 1 << 32
-HEADER = struct.Struct(">4sBI7s")
 DEK_LEN = 32
 
 
@@ -63,27 +71,10 @@ def new_dek() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
-def segment_count(plain_size: int, segment: int = SEGMENT) -> int:
-    return max(1, -(-plain_size // segment))
-
-
-def sealed_size(plain_size: int, segment: int = SEGMENT) -> int:
-    """The exact length of the sealed object of a ``plain_size``-byte document."""
-    return HEADER.size + plain_size + TAG * segment_count(plain_size, segment)
-
-
 def segment_span(index: int, plain_size: int, segment: int = SEGMENT) -> tuple[int, int]:
     """(offset in the sealed object, sealed length) of segment ``index``."""
     plain_len = min(segment, plain_size - index * segment)
     return HEADER.size + index * (segment + TAG), plain_len + TAG
-
-
-def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
-    return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-
-
-def _aad(header: bytes, index: int) -> bytes:
-    return header + index.to_bytes(8, "big")
 
 
 def seal(source: BinaryIO, plain_size: int, dek: bytes, segment: int = SEGMENT) -> Iterator[bytes]:

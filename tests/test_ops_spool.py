@@ -17,8 +17,9 @@ import xds_samples as xs
 from lxml import etree
 from pydicom.data import get_testdata_file
 
+from clearinghouse.segmented_aead import SEGMENT, sealed_size
 from clearinghouse.soap.mtom import MtomPart, cid_href
-from clearinghouse.soap.spool import SEGMENT, SpoolReader, SpoolTampered, SpoolWriter, sealed_size
+from clearinghouse.soap.spool import SpoolReader, SpoolTampered, SpoolWriter
 from clearinghouse.xmlsafe import NS, qname
 from repository import crypto, dicom
 from repository.imaging import _sealed_reencoded

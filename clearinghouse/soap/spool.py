@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,33 +26,21 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-MAGIC = b"ISNC"
-VERSION = 1
-SEGMENT = 1 << 20
-TAG = 16
-PREFIX_LEN = 7
-HEADER = struct.Struct(">4sBI7s")
+from clearinghouse.segmented_aead import (
+    HEADER,
+    MAGIC,
+    PREFIX_LEN,
+    SEGMENT,
+    TAG,
+    VERSION,
+    segment_count,
+)
+from clearinghouse.segmented_aead import aad as _aad
+from clearinghouse.segmented_aead import nonce as _nonce
 
 
 class SpoolTampered(OSError):
     """A spool file does not verify under its key: altered, truncated or not the file written."""
-
-
-def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
-    return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-
-
-def _aad(header: bytes, index: int) -> bytes:
-    return header + index.to_bytes(8, "big")
-
-
-def segment_count(size: int, segment: int = SEGMENT) -> int:
-    return max(1, -(-size // segment))
-
-
-def sealed_size(size: int, segment: int = SEGMENT) -> int:
-    """The length on disk of the spool file of a ``size``-byte document."""
-    return HEADER.size + size + TAG * segment_count(size, segment)
 
 
 @dataclass(frozen=True)
