@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import quoteattr
@@ -52,25 +53,25 @@ DIAGNOSTICS = {
     PixUnknownDomain: "sourceIdentifier Assigning Authority not found",
     PixUnknownTargetDomain: "targetSystem not found",
 }
-STATUS = {
-    200: "200 OK",
-    400: "400 Bad Request",
-    403: "403 Forbidden",
-    404: "404 Not Found",
-    405: "405 Method Not Allowed",
-    406: "406 Not Acceptable",
-    500: "500 Internal Server Error",
-}
 
 
-def _response(
-    start_response: Callable[..., Any], status: int, resource: dict[str, Any], fmt: str = JSON
+def send(
+    start_response: Callable[..., Any],
+    status: int,
+    resource: dict[str, Any] | None,
+    fmt: str = JSON,
+    headers: Iterable[tuple[str, str]] = (),
 ) -> list[bytes]:
+    """Answer with ``resource`` as FHIR JSON or XML (``fmt``), or with no body when it is None."""
+    line = f"{status} {HTTPStatus(status).phrase}"
+    if resource is None:
+        start_response(line, [*headers, ("Content-Length", "0")])
+        return []
     if fmt == XML:
         body, ctype = to_xml(resource), FHIR_XML
     else:
         body, ctype = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), FHIR_JSON
-    start_response(STATUS.get(status, f"{status} Error"), [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+    start_response(line, [*headers, ("Content-Type", ctype), ("Content-Length", str(len(body)))])
     return [body]
 
 
@@ -194,17 +195,13 @@ class PixmApp:
         params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         fmt = negotiate(params.get("_format", []), environ.get("HTTP_ACCEPT", ""))
         if fmt is None:
-            return _response(
-                start_response, 406, operation_outcome("not-supported", "FHIR JSON and FHIR XML are served")
-            )
+            return send(start_response, 406, operation_outcome("not-supported", "FHIR JSON and FHIR XML are served"))
         if environ.get("REQUEST_METHOD", "GET") != "GET":
-            return _response(
-                start_response, 405, operation_outcome("not-supported", "$ihe-pix is invoked with GET"), fmt
-            )
+            return send(start_response, 405, operation_outcome("not-supported", "$ihe-pix is invoked with GET"), fmt)
         peer = environ.get(PEER_ENVIRON_KEY)
         if peer is None or not peer.has_role("consumer"):
             who = peer.subject if peer is not None else "an unauthenticated client"
-            return _response(
+            return send(
                 start_response,
                 403,
                 operation_outcome("forbidden", f"{who} may not use ITI-83: role 'consumer' required"),
@@ -245,4 +242,4 @@ class PixmApp:
                 outcome=audit.SUCCESS if status == 200 else audit.MINOR_FAILURE,
                 description="" if status == 200 else resource["issue"][0]["diagnostics"],
             )
-        return _response(start_response, status, resource, fmt)
+        return send(start_response, status, resource, fmt)

@@ -21,11 +21,9 @@ or not the domain's source. Each request is audited (pix_manager.auditing.PixAud
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from email.utils import format_datetime
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -44,7 +42,7 @@ from clearinghouse.https import PEER_ENVIRON_KEY
 from clearinghouse.peer import Peer
 from pix_manager import patients
 from pix_manager.auditing import PixAuditor
-from pix_manager.fhir import FHIR_JSON, FHIR_XML, JSON, OID_PREFIX, authority, negotiate, operation_outcome, to_xml
+from pix_manager.fhir import JSON, OID_PREFIX, authority, negotiate, operation_outcome, send
 from pix_manager.fhir_patient import PatientBody, media_kind, parse_patient, referenced_id
 from pix_manager.identifiers import (
     Identifier,
@@ -74,28 +72,6 @@ class _Refused(Exception):
     def __init__(self, status: int, code: str, text: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(text)
         self.status, self.code, self.text, self.headers = status, code, text, list(headers)
-
-
-def _status(code: int) -> str:
-    return f"{code} {HTTPStatus(code).phrase}"
-
-
-def _send(
-    start_response: Callable[..., Any],
-    status: int,
-    resource: dict[str, Any] | None,
-    fmt: str,
-    headers: Iterable[tuple[str, str]] = (),
-) -> list[bytes]:
-    if resource is None:
-        start_response(_status(status), [*headers, ("Content-Length", "0")])
-        return []
-    if fmt == JSON:
-        body, ctype = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), FHIR_JSON
-    else:
-        body, ctype = to_xml(resource), FHIR_XML
-    start_response(_status(status), [*headers, ("Content-Type", ctype), ("Content-Length", str(len(body)))])
-    return [body]
 
 
 def _base(environ: dict[str, Any]) -> str:
@@ -197,7 +173,7 @@ class PatientFeedApp:
         params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         fmt = negotiate(params.get("_format", []), environ.get("HTTP_ACCEPT", ""))
         if fmt is None:
-            return _send(start_response, 406, operation_outcome("not-supported", "FHIR JSON and XML are served"), JSON)
+            return send(start_response, 406, operation_outcome("not-supported", "FHIR JSON and XML are served"), JSON)
         path = (environ.get("PATH_INFO", "") or "/").rstrip("/")
         method = environ.get("REQUEST_METHOD", "GET")
         peer: Peer | None = environ.get(PEER_ENVIRON_KEY)
@@ -207,7 +183,7 @@ class PatientFeedApp:
                     raise _Refused(405, "not-supported", "metadata is read with GET", [("Allow", "GET")])
                 if peer is None:
                     raise _Refused(403, "forbidden", "a registered participant's certificate is required")
-                return _send(start_response, 200, capability_statement(_base(environ)), fmt)
+                return send(start_response, 200, capability_statement(_base(environ)), fmt)
             if path == PATIENT_PATH:
                 if method in ("PUT", "DELETE"):
                     return self.feed(environ, start_response, method, peer, params, fmt)
@@ -221,7 +197,7 @@ class PatientFeedApp:
                 raise _Refused(405, "not-supported", "Patient resources are read with GET", [("Allow", "GET")])
             return self.read(environ, start_response, path.removeprefix(PATIENT_PATH + "/"), peer, fmt)
         except _Refused as refused:
-            return _send(
+            return send(
                 start_response, refused.status, operation_outcome(refused.code, refused.text), fmt, refused.headers
             )
 
@@ -244,7 +220,7 @@ class PatientFeedApp:
                 self.auditor.refused(
                     peer=peer, address=address, endpoint=endpoint, transaction="ITI-104", reason=reason
                 )
-            return _send(start_response, 403, operation_outcome("forbidden", reason), fmt)
+            return send(start_response, 403, operation_outcome("forbidden", reason), fmt)
         action, patient_id, resource_ref = ("D" if method == "DELETE" else "U"), "", ""
         status, answer, headers = 500, None, []
         try:
@@ -290,7 +266,7 @@ class PatientFeedApp:
                 outcome=outcome,
                 description=description,
             )
-        return _send(start_response, status, answer, fmt, headers)
+        return send(start_response, status, answer, fmt, headers)
 
     def _resolve_key(self, config: PixConfig, peer: Peer, key_raw: RawIdentifier) -> Identifier:
         """The request's identifier in a configured domain this participant is the source of."""
@@ -405,7 +381,7 @@ class PatientFeedApp:
             reason = f"{who} may not read Patient resources: role 'consumer' or 'source' required"
             if self.auditor is not None:
                 self.auditor.refused(peer=peer, address=address, endpoint=endpoint, transaction="", reason=reason)
-            return _send(start_response, 403, operation_outcome("forbidden", reason), fmt)
+            return send(start_response, 403, operation_outcome("forbidden", reason), fmt)
         logical_id, _, history = rest.partition("/_history/")
         with self.manager.engine.connect() as conn:
             config = self.manager.config(conn)
@@ -417,7 +393,7 @@ class PatientFeedApp:
             )
         if stored is None or (history and history != str(stored.version)):
             # Only the current version is kept, so an earlier one is as unknown as a wrong id.
-            return _send(start_response, 404, operation_outcome("not-found", f"no Patient/{rest}"), fmt)
+            return send(start_response, 404, operation_outcome("not-found", f"no Patient/{rest}"), fmt)
         domain = config.by_id.get(stored.key.domain_id)
         patient_id = _cx(domain.oid, stored.key.value) if domain is not None else ""
         if self.auditor is not None:
@@ -433,12 +409,12 @@ class PatientFeedApp:
                 transaction=None,
             )
         if stored.deleted:
-            return _send(start_response, 410, operation_outcome("deleted", f"{stored.reference} was removed"), fmt)
+            return send(start_response, 410, operation_outcome("deleted", f"{stored.reference} was removed"), fmt)
         headers = [
             ("ETag", f'W/"{stored.version}"'),
             ("Last-Modified", format_datetime(stored.updated_at, usegmt=True)),
         ]
-        return _send(start_response, 200, patients.to_resource(stored, config, surviving), fmt, headers)
+        return send(start_response, 200, patients.to_resource(stored, config, surviving), fmt, headers)
 
 
 def _kept_identifiers(config: PixConfig, key: Identifier, others: list[RawIdentifier]) -> list[tuple[str, str]]:
