@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from clearinghouse import audit, hl7
 from clearinghouse.audit import AuditMessage, AuditNode, AuditSink, Code, ParticipantObject, Party
 from clearinghouse.peer import Peer
+from pix_manager.identifiers import audit_cx
 
 log = logging.getLogger("pix_manager.audit")
 
@@ -192,7 +193,7 @@ class PixAuditor:
             pid = msg.segment("PID")
             for rep in range(1, (pid.repetition_count(3) if pid else 0) + 1):
                 assert pid is not None
-                ids.append(f"{pid.get(3, 1, rep)}^^^&{pid.get(3, 4, rep, 2)}&ISO")
+                ids.append(audit_cx(pid.get(3, 1, rep), pid.get(3, 4, rep, 2)))
             return audit.pix_update_notification(
                 node=self.node,
                 manager=self.me(f"{self.node.app_name}@{self.node.hostname}/pix"),

@@ -34,7 +34,7 @@ from clearinghouse.errors import (
 from clearinghouse.https import PEER_ENVIRON_KEY
 from pix_manager import patients as patient_resources
 from pix_manager.auditing import PixAuditor
-from pix_manager.identifiers import Authority, RawIdentifier
+from pix_manager.identifiers import Authority, RawIdentifier, audit_cx
 from pix_manager.manager import PixManager, QueryAnswer
 
 log = logging.getLogger("pix_manager.fhir")
@@ -228,9 +228,9 @@ class PixmApp:
                 exc.fhir_code, DIAGNOSTICS.get(type(exc), exc.text), details=exc.text if known else ""
             )
         if self.auditor is not None:
-            patients = [f"{v}^^^&{s.removeprefix(OID_PREFIX)}&ISO" for s, v in found]
+            patients = [audit_cx(v, s.removeprefix(OID_PREFIX)) for s, v in found]
             if source is not None:
-                patients.insert(0, f"{source.value}^^^&{source.authority.universal_id}&ISO")
+                patients.insert(0, audit_cx(source.value, source.authority.universal_id))
             self.auditor.query(
                 transaction="ITI-83",
                 peer=peer,

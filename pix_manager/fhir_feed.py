@@ -48,6 +48,7 @@ from pix_manager.identifiers import (
     Identifier,
     PixConfig,
     RawIdentifier,
+    audit_cx,
     check_source,
     check_value,
     resolve_domain,
@@ -77,10 +78,6 @@ class _Refused(Exception):
 def _base(environ: dict[str, Any]) -> str:
     host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     return f"https://{host}/fhir"
-
-
-def _cx(oid: str, value: str) -> str:
-    return f"{value}^^^&{oid}&ISO"
 
 
 def identifier_param(params: dict[str, list[str]]) -> RawIdentifier:
@@ -225,7 +222,7 @@ class PatientFeedApp:
         status, answer, headers = 500, None, []
         try:
             key_raw = identifier_param(params)
-            patient_id = _cx(key_raw.authority.universal_id, key_raw.value)
+            patient_id = audit_cx(key_raw.value, key_raw.authority.universal_id)
             if method == "DELETE":
                 status, stored = self._remove(peer, key_raw)
                 resource_ref = stored.reference if stored is not None else ""
@@ -395,7 +392,7 @@ class PatientFeedApp:
             # Only the current version is kept, so an earlier one is as unknown as a wrong id.
             return send(start_response, 404, operation_outcome("not-found", f"no Patient/{rest}"), fmt)
         domain = config.by_id.get(stored.key.domain_id)
-        patient_id = _cx(domain.oid, stored.key.value) if domain is not None else ""
+        patient_id = audit_cx(stored.key.value, domain.oid) if domain is not None else ""
         if self.auditor is not None:
             self.auditor.fhir_feed(
                 action="R",

@@ -174,6 +174,11 @@ def cx_repetitions(segment: hl7.Segment, field_no: int, location: str) -> list[R
     return out
 
 
+def audit_cx(value: str, oid: str) -> str:
+    """ID^^^&OID&ISO: how an identifier is named in audit records (ParticipantObjectID of a patient)."""
+    return f"{value}^^^&{oid}&ISO"
+
+
 def format_cx(domain: Domain, value: str, seps: hl7.Separators) -> str:
     """ID^^^namespace&OID&ISO with every subcomponent of the assigning authority (ITI-9/10 require all three)."""
     s = seps.subcomponent

@@ -24,7 +24,7 @@ from clearinghouse.errors import HL7Error, PixError, PixMissingField
 from clearinghouse.soap.endpoint import Operation, SoapEndpoint, SoapRequest, SoapResult
 from clearinghouse.xmlsafe import parse_xml
 from pix_manager.auditing import PixAuditor
-from pix_manager.identifiers import Authority, Identifier, PixConfig, RawIdentifier
+from pix_manager.identifiers import Authority, Identifier, PixConfig, RawIdentifier, audit_cx
 from pix_manager.manager import LinkRequest, MergeRequest, MessageKey, PixManager, digest
 
 log = logging.getLogger("pix_manager.v3")
@@ -251,7 +251,7 @@ class PixV3Service:
         if qbp is not None:
             cap.append(deepcopy(qbp))
         if self.auditor is not None:
-            queried = f"{source.value}^^^&{source.authority.universal_id}&ISO" if source is not None else ""
+            queried = audit_cx(source.value, source.authority.universal_id) if source is not None else ""
             self.auditor.query(
                 transaction="ITI-45",
                 peer=req.peer,
@@ -321,7 +321,7 @@ def query_parameters(body: etree._Element) -> tuple[RawIdentifier, list[RawIdent
 
 
 def _cx(config: PixConfig, ident: Identifier) -> str:
-    return f"{ident.value}^^^&{config.by_id[ident.domain_id].oid}&ISO"
+    return audit_cx(ident.value, config.by_id[ident.domain_id].oid)
 
 
 def _claimed_ids(body: etree._Element) -> list[str]:
@@ -332,7 +332,7 @@ def _claimed_ids(body: etree._Element) -> list[str]:
         if parent is not None and etree.QName(parent).localname in ("patient", "priorRegisteredRole"):
             root, ext = _ii(el)
             if ext:
-                out.append(f"{ext}^^^&{root}&ISO")
+                out.append(audit_cx(ext, root))
     return out
 
 
